@@ -1,0 +1,41 @@
+# karma_ray: the two commands a newcomer runs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints/cpu.txt | md5sum | cut -c1-8)
+export HF_HUB_OFFLINE := 1
+export RAY_DEDUP_LOGS := 0
+DEMO_DIR ?= runs/demo
+DEMO_COMMENTS ?= 20000
+
+.PHONY: setup demo test test-slow test-all bench clean
+
+# torch first and pinned: the machine's local CPU wheel satisfies it; an unpinned torch
+# requirement would pull the newest CUDA build (several GB). See ../shared/docs/STACK.md.
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[test]'
+	rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m jobs.demo --output $(DEMO_DIR) --comments $(DEMO_COMMENTS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_prepare.py
+
+clean:
+	rm -rf runs .pytest_cache

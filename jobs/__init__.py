@@ -1,0 +1,1 @@
+"""Entrypoints for `ray job submit` (each calls the same run function as the `karma` CLI)."""

@@ -1,0 +1,41 @@
+"""The one rendering of a conversational context as text.
+
+Used by corpus preparation (the `context` column), and later by reward-model training/scoring and
+PPO prompt building, so that a context always reads the same way wherever a model sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+OP_ROLE = "OP"  # the submission's author speaking in the thread
+USER_ROLE = "user"  # anyone else
+ELLIPSIS = "…"
+
+
+def render_context(
+    title: str | None,
+    selftext: str | None,
+    turns: Sequence[tuple[str, str]],
+    max_chars: int,
+) -> str:
+    """Submission title/selftext then ancestor turns (oldest first) as tagged lines.
+
+    `turns` are (role, text). If the result is longer than `max_chars`, its START is cut (the
+    turns nearest the reply matter most) and an ellipsis marks the cut.
+    """
+    parts = []
+    if title:
+        parts.append(f"[title] {title}")
+    if selftext:
+        parts.append(f"[post] {selftext}")
+    for role, text in turns:
+        parts.append(f"[{role}] {text}")
+    text = "\n".join(parts)
+    if len(text) > max_chars:
+        text = ELLIPSIS + text[len(text) - max_chars + 1 :]
+    return text
+
+
+def truncate(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max(max_chars - 1, 0)] + ELLIPSIS

@@ -1,0 +1,466 @@
+"""`karma prepare`: Reddit dumps -> reward-model examples and sibling pairs, on Ray Data.
+
+The pipeline, one streaming Ray Data execution and a short finishing pass:
+
+    1. read     RedditTextDatasource: one read task per file (per byte range for big plain JSONL)
+                decompresses and cuts newline-aligned chunks            (sources.py)
+    2. parse    map_batches over chunks: JSON -> normalized rows + record-level drop reasons,
+                in parallel within a file                                (records.py)
+    3. group    hash-repartition by link_id, so whole threads meet in one block (the shuffle
+                scales across nodes; this is how Ray's own groupby().map_groups() works)
+    4. build    map_batches over whole blocks: contexts, labels, pairs, ledger (threads.py)
+    5. stage    write Parquet partitioned by output kind
+    6. count    aggregate the ledger: every record's outcome -> the manifest's counts
+    7. finish   subreddit z-scores from TRAIN statistics; examples/, pairs/, ledger/ by split
+
+Every input line ends as exactly one example row or one ledger row, so
+`records_read == records_malformed + sum(dropped) + examples_written` is a count of written rows,
+not of side-channel counters; the manifest states it and prepare checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from karma_ray.config import PrepareConfig, save_resolved, to_dict
+from karma_ray.data import records, sources, threads
+from karma_ray.data.labels import zscore
+
+MANIFEST = "manifest.json"
+
+
+class OutputExistsError(FileExistsError):
+    pass
+
+
+CHUNK_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("chunk_index", pa.int64()),
+        ("kind_hint", pa.string()),
+        ("data", pa.large_binary()),
+        ("truncated_tail", pa.bool_()),
+        ("error", pa.string()),
+    ]
+)
+
+
+def _chunk_block(c: sources.Chunk) -> pa.Table:
+    return pa.table(
+        {
+            "source": [c.source],
+            "chunk_index": [c.index],
+            "kind_hint": [c.kind_hint],
+            "data": pa.array([c.data], pa.large_binary()),
+            "truncated_tail": [c.truncated_tail],
+            "error": [c.error],
+        },
+        schema=CHUNK_SCHEMA,
+    )
+
+
+def make_text_datasource(files: list[sources.InputFile], chunk_bytes: int, ranges_per_file: int) -> Any:
+    """A Ray Data Datasource over text dumps. Built in a function so `import karma_ray.data.prepare`
+    does not import Ray (the class must subclass Ray's interface)."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class RedditTextDatasource(Datasource):
+        def __init__(self) -> None:
+            super().__init__()
+
+        def get_name(self) -> str:
+            return "RedditDumps"
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            # Decompressed text is ~5-10x a zstd dump; the estimate only sizes Ray's first guesses.
+            return sum(f.size_bytes * (8 if f.compression != "none" else 1) for f in files)
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list:
+            tasks = []
+            for f in files:
+                for start, end in sources.plain_ranges(f, chunk_bytes, ranges_per_file):
+                    whole = (start, end) == (0, f.size_bytes)
+                    meta = BlockMetadata(num_rows=None, size_bytes=end - start, input_files=[f.path], exec_stats=None)
+                    tasks.append(ReadTask(_reader(f, start, end, whole, chunk_bytes), meta, schema=CHUNK_SCHEMA))
+            return tasks
+
+    return RedditTextDatasource()
+
+
+def _reader(f: sources.InputFile, start: int, end: int, whole: bool, chunk_bytes: int):
+    def read() -> Iterator[pa.Table]:
+        it = sources.iter_chunks(f, chunk_bytes) if whole else sources.iter_range_chunks(f, start, end, chunk_bytes)
+        for chunk in it:
+            yield _chunk_block(chunk)
+
+    return read
+
+
+def parse_chunk_batch(batch: pa.Table, filters: Any) -> pa.Table:
+    """Ray Data UDF: chunk rows -> RECORD_SCHEMA rows (filters applied)."""
+    out = []
+    for row in range(batch.num_rows):
+        info = records.ChunkInfo(
+            source=batch["source"][row].as_py(),
+            chunk_index=batch["chunk_index"][row].as_py(),
+            kind_hint=batch["kind_hint"][row].as_py(),
+        )
+        data = batch["data"][row].as_py()
+        truncated = bool(batch["truncated_tail"][row].as_py())
+        out.append(records.parse_and_filter(data, info, filters, truncated_tail=truncated))
+        if truncated:
+            out.append(_truncation_row(info, batch["error"][row].as_py()))
+    return pa.concat_tables(out) if out else records.rows_to_table([])
+
+
+def _truncation_row(info: records.ChunkInfo, error: str | None) -> pa.Table:
+    """A ledger-only marker that a file ended early (record_kind 'file_event', not a record)."""
+    row = records.malformed_row(info, "file_truncated", error or "")
+    row["record_kind"] = "file_event"
+    return records.rows_to_table([row])
+
+
+def parse_parquet_batch(batch: pa.Table, filters: Any) -> pa.Table:
+    """Parquet inputs with Pushshift field names go through the same parser (as JSON lines), so
+    every source is normalized and checked by one code path."""
+    import orjson
+
+    source = "parquet"
+    if "__source" in batch.column_names:
+        source = batch["__source"][0].as_py() if batch.num_rows else source
+        batch = batch.drop_columns(["__source"])
+    lines = b"".join(orjson.dumps(r, default=str) + b"\n" for r in batch.to_pylist())
+    info = records.ChunkInfo(source, 0, sources.kind_hint_for(source))
+    return records.parse_and_filter(lines, info, filters)
+
+
+def build_stage_batch(batch: pa.Table, cfg: PrepareConfig) -> pa.Table:
+    return threads.build_block(batch, cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Manifest:
+    inputs: list[dict]
+    records_read: int = 0  # comment records (non-blank lines of comment sources)
+    records_malformed: int = 0
+    malformed: dict[str, int] = field(default_factory=dict)  # reason -> comment lines
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> comments
+    examples_written: int = 0
+    pairs_written: int = 0
+    splits: dict[str, int] = field(default_factory=dict)  # split -> examples
+    pair_splits: dict[str, int] = field(default_factory=dict)
+    dangling_parents: int = 0
+    threads: int = 0
+    threads_without_submission: int = 0
+    submissions_read: int = 0
+    submissions_malformed: int = 0
+    submissions_duplicate: int = 0
+    truncated_files: list[dict] = field(default_factory=list)
+    subreddit_stats: dict[str, dict] = field(default_factory=dict)  # train log_score mean/std/count
+    timings: dict[str, float] = field(default_factory=dict)
+    rows_per_second: float = 0.0
+    invariant_holds: bool = False
+    config: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+
+    def check_invariant(self) -> bool:
+        return self.records_read == self.records_malformed + sum(self.dropped.values()) + self.examples_written
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=False)
+
+
+def _accumulate(manifest: Manifest, groups: list[dict]) -> None:
+    """Ledger aggregates (record_kind, outcome, split, count, sums) -> manifest counts."""
+    for g in groups:
+        kind, outcome, count = g["record_kind"], g["outcome"], int(g["count()"])
+        if kind == records.COMMENT:
+            manifest.dropped[outcome] = manifest.dropped.get(outcome, 0) + count
+        elif kind == records.MALFORMED_COMMENT:
+            manifest.malformed[outcome] = manifest.malformed.get(outcome, 0) + count
+        elif kind == records.SUBMISSION:
+            manifest.submissions_read += count
+            if outcome == "duplicate":
+                manifest.submissions_duplicate += count
+        elif kind == records.MALFORMED_SUBMISSION:
+            manifest.submissions_malformed += count
+            manifest.submissions_read += count
+        elif kind == "thread":
+            split = g["split"]
+            manifest.threads += count
+            if outcome == "thread_without_submission":
+                manifest.threads_without_submission += count
+            manifest.dangling_parents += int(g["sum(n_dangling)"] or 0)
+            n_ex, n_pairs = int(g["sum(n_examples)"] or 0), int(g["sum(n_pairs)"] or 0)
+            manifest.splits[split] = manifest.splits.get(split, 0) + n_ex
+            manifest.pair_splits[split] = manifest.pair_splits.get(split, 0) + n_pairs
+    manifest.records_malformed = sum(manifest.malformed.values())
+    manifest.examples_written = sum(manifest.splits.values())
+    manifest.pairs_written = sum(manifest.pair_splits.values())
+    manifest.records_read = manifest.records_malformed + sum(manifest.dropped.values()) + manifest.examples_written
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_output_dir(output: str, overwrite: bool) -> Path:
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"output directory is not empty: {out} (pass --overwrite to replace it)")
+        if not (out / MANIFEST).exists() and not (out / "config.yaml").exists():
+            raise OutputExistsError(f"refusing to overwrite {out}: it does not look like a prepare output")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: bool = False) -> Manifest:
+    """Validate inputs, run the pipeline, write outputs and manifest.json; returns the manifest."""
+    t_start = time.perf_counter()
+    files = sources.resolve_inputs(inputs, cfg.read.format)  # errors before any cluster work
+    out = prepare_output_dir(output, overwrite)
+    save_resolved(cfg, out)
+
+    import ray
+
+    from karma_ray.ray_utils import init_ray
+
+    timings: dict[str, float] = {}
+    init_ray(cfg.ray)
+    timings["ray_init"] = time.perf_counter() - t_start
+
+    text_files = [f for f in files if f.format != "parquet"]
+    parquet_files = [f for f in files if f.format == "parquet"]
+    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    chunk_bytes = cfg.read.chunk_mib << 20
+
+    parts = []
+    if text_files:
+        ds = ray.data.read_datasource(make_text_datasource(text_files, chunk_bytes, ranges_per_file=cpus))
+        parts.append(
+            ds.map_batches(
+                parse_chunk_batch,
+                batch_size=1,
+                batch_format="pyarrow",
+                fn_kwargs={"filters": cfg.filters},
+                concurrency=cfg.read.parse_concurrency,
+            )
+        )
+    if parquet_files:
+        pq = ray.data.read_parquet([f.path for f in parquet_files], include_paths=True)
+        pq = pq.rename_columns({"path": "__source"}) if "path" in (pq.schema().names or []) else pq
+        parts.append(pq.map_batches(parse_parquet_batch, batch_format="pyarrow", fn_kwargs={"filters": cfg.filters}))
+    record_ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+    n_partitions = cfg.shuffle_partitions or max(4, 2 * cpus)
+    # Same co-location guarantee as Ray's groupby().map_groups(): after a keyed repartition with
+    # sort, a block holds whole groups; processing a whole block per call avoids a Python call
+    # per thread (ray/data/grouped_data.py, Ray 2.60).
+    stage_ds = record_ds.repartition(n_partitions, keys=["link_id"], sort=True).map_batches(
+        build_stage_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg}
+    )
+    staging = out / "_staging"
+    t0 = time.perf_counter()
+    stage_ds.write_parquet(str(staging), partition_cols=["output"], min_rows_per_file=cfg.rows_per_file)
+    timings["read_parse_group_build"] = time.perf_counter() - t0
+    ray_stats = stage_ds.stats()
+
+    manifest = Manifest(inputs=[_input_info(f) for f in files], config=to_dict(cfg), versions=_versions())
+
+    # 6. count: one task per staged ledger file, merged here. Plain Ray tasks rather than Ray Data
+    # aggregates: each Ray Data execution costs seconds of fixed start-up, these cost milliseconds.
+    t0 = time.perf_counter()
+    ledger_files = _parquet_files(staging / "output=ledger")
+    example_files = _parquet_files(staging / "output=example")
+    pair_files = _parquet_files(staging / "output=pair")
+    count_task = ray.remote(ledger_counts)
+    moments_task = ray.remote(train_subreddit_moments)
+    counted = ray.get([count_task.remote(str(p)) for p in ledger_files])
+    moments = ray.get([moments_task.remote(str(p)) for p in example_files])
+    groups = [g for part in counted for g in part["groups"]]
+    _accumulate(manifest, groups)
+    manifest.truncated_files = [e for part in counted for e in part["truncated"]]
+    manifest.subreddit_stats = merge_moments(moments)
+    timings["count"] = time.perf_counter() - t0
+
+    # 7. finish: z-scores, per-kind columns, split folders; one task per staged file.
+    t0 = time.perf_counter()
+    finish = ray.remote(finish_file)
+    jobs = [finish.remote(str(p), str(out / "examples"), "example", i, manifest.subreddit_stats) for i, p in enumerate(example_files)]
+    jobs += [finish.remote(str(p), str(out / "pairs"), "pair", i, None) for i, p in enumerate(pair_files)]
+    jobs += [finish.remote(str(p), str(out / "ledger"), "ledger", i, None) for i, p in enumerate(ledger_files)]
+    ray.get(jobs)
+    shutil.rmtree(staging, ignore_errors=True)
+    timings["finish"] = time.perf_counter() - t0
+
+    written = count_rows(out / "examples")
+    if written != manifest.examples_written:
+        raise RuntimeError(f"examples on disk ({written}) != examples counted in the ledger ({manifest.examples_written})")
+    timings["total"] = time.perf_counter() - t_start
+    manifest.timings = {k: round(v, 3) for k, v in timings.items()}
+    total_records = manifest.records_read + manifest.submissions_read
+    manifest.rows_per_second = round(total_records / max(timings["read_parse_group_build"], 1e-9), 1)
+    manifest.invariant_holds = manifest.check_invariant()
+    (out / MANIFEST).write_text(manifest.to_json())
+    (out / "ray_data_stats.txt").write_text(str(ray_stats))
+    (out / "summary.md").write_text(render_summary(manifest, out))
+    return manifest
+
+
+def _parquet_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.parquet")) if folder.exists() else []
+
+
+def ledger_counts(path: str) -> dict:
+    """Ray task: one staged ledger file -> counts by (record_kind, outcome, split) and truncation events."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["record_kind", "outcome", "split", "n_examples", "n_pairs", "n_dangling", "source", "detail"])
+    agg = t.group_by(["record_kind", "outcome", "split"]).aggregate(
+        [([], "count_all"), ("n_examples", "sum"), ("n_pairs", "sum"), ("n_dangling", "sum")]
+    )
+    groups = [
+        {
+            "record_kind": r["record_kind"],
+            "outcome": r["outcome"],
+            "split": r["split"],
+            "count()": r["count_all"],
+            "sum(n_examples)": r["n_examples_sum"],
+            "sum(n_pairs)": r["n_pairs_sum"],
+            "sum(n_dangling)": r["n_dangling_sum"],
+        }
+        for r in agg.to_pylist()
+    ]
+    events = t.filter(pc.equal(t["record_kind"], "file_event")).select(["source", "detail"]).to_pylist()
+    return {"groups": groups, "truncated": [{"path": e["source"], "error": e["detail"]} for e in events]}
+
+
+def train_subreddit_moments(path: str) -> dict[str, list[float]]:
+    """Ray task: subreddit -> [n, sum, sum of squares] of log_score over TRAIN examples of one file."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["subreddit", "split", "log_score"])
+    t = t.filter(pc.equal(t["split"], "train"))
+    t = t.append_column("sq", pc.multiply(t["log_score"], t["log_score"]))
+    agg = t.group_by("subreddit").aggregate([([], "count_all"), ("log_score", "sum"), ("sq", "sum")])
+    return {r["subreddit"]: [r["count_all"], r["log_score_sum"], r["sq_sum"]] for r in agg.to_pylist()}
+
+
+def merge_moments(parts: list[dict[str, list[float]]]) -> dict[str, dict]:
+    """Per-file moments -> {subreddit: {count, mean, std}} plus '__all__' (pooled, for unseen subreddits)."""
+    total: dict[str, list[float]] = {}
+    for part in parts:
+        for sub, (n, s, sq) in part.items():
+            acc = total.setdefault(sub, [0, 0.0, 0.0])
+            acc[0] += n
+            acc[1] += s
+            acc[2] += sq
+    everything = [sum(v[i] for v in total.values()) for i in range(3)] if total else [0, 0.0, 0.0]
+    out = {}
+    for sub, (n, s, sq) in list(total.items()) + [("__all__", everything)]:
+        mean = s / n if n else 0.0
+        var = max(sq / n - mean * mean, 0.0) if n else 1.0
+        out[sub] = {"count": int(n), "mean": mean, "std": var**0.5}
+    return out
+
+
+def add_subreddit_z(table: pa.Table, stats: dict[str, dict]) -> pa.Table:
+    """subreddit_z = (log_score - mean_sub) / std_sub with TRAIN statistics (pooled for unseen subreddits)."""
+    fallback = stats["__all__"]
+    z = [
+        zscore(value, stats.get(sub, fallback)["mean"], stats.get(sub, fallback)["std"])
+        for sub, value in zip(table["subreddit"].to_pylist(), table["log_score"].to_pylist())
+    ]
+    return table.append_column("subreddit_z", pa.array(z, pa.float64()))
+
+
+FINAL_SCHEMAS = {"example": threads.EXAMPLE_SCHEMA, "pair": threads.PAIR_SCHEMA, "ledger": threads.LEDGER_SCHEMA}
+
+
+def finish_file(path: str, out_dir: str, kind: str, index: int, stats: dict | None) -> int:
+    """Ray task: one staged file -> final Parquet with only `kind`'s columns, split into
+    `split=<name>/` folders (examples and pairs); returns rows written."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=FINAL_SCHEMAS[kind].names)
+    if kind == "example":
+        t = add_subreddit_z(t, stats or {"__all__": {"mean": 0.0, "std": 1.0}})
+    if kind == "ledger":
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        pq.write_table(t, f"{out_dir}/part-{index:05d}.parquet")
+        return t.num_rows
+    for split in pc.unique(t["split"]).to_pylist():
+        part = t.filter(pc.equal(t["split"], split))
+        folder = Path(out_dir) / f"split={split}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, folder / f"part-{index:05d}.parquet")
+    return t.num_rows
+
+
+def count_rows(folder: Path) -> int:
+    """Rows in a folder of Parquet files, from their footers (no data read)."""
+    import pyarrow.parquet as pq
+
+    if not folder.exists():
+        return 0
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.rglob("*.parquet"))
+
+
+def _input_info(f: sources.InputFile) -> dict:
+    return {"path": f.path, "format": f.format, "compression": f.compression, "kind": f.kind_hint, "bytes": f.size_bytes}
+
+
+def _versions() -> dict:
+    import ray
+
+    from karma_ray import __version__
+
+    return {"karma_ray": __version__, "ray": ray.__version__, "pyarrow": pa.__version__, "python": sys.version.split()[0]}
+
+
+def render_summary(m: Manifest, out: Path) -> str:
+    """A readable summary (also printed by the CLI)."""
+    lines = [
+        f"# karma prepare -> {out}",
+        "",
+        f"comments read        {m.records_read:>12,}",
+        f"  malformed          {m.records_malformed:>12,}  {_fmt(m.malformed)}",
+        f"  dropped            {sum(m.dropped.values()):>12,}  {_fmt(m.dropped)}",
+        f"  examples written   {m.examples_written:>12,}  {_fmt(m.splits)}",
+        f"  invariant          {'holds' if m.invariant_holds else 'VIOLATED'}: read = malformed + dropped + examples",
+        f"pairs written        {m.pairs_written:>12,}  {_fmt(m.pair_splits)}",
+        f"threads              {m.threads:>12,}  ({m.threads_without_submission:,} without their submission)",
+        f"dangling parents     {m.dangling_parents:>12,}",
+        f"submissions read     {m.submissions_read:>12,}  (malformed {m.submissions_malformed:,}, duplicate {m.submissions_duplicate:,})",
+    ]
+    for t in m.truncated_files:
+        lines.append(f"TRUNCATED INPUT      {t['path']}: {t['error']}")
+    lines.append(f"time                 {m.timings.get('total', 0):.1f} s  ({m.rows_per_second:,.0f} records/s in the main pass)")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(d: dict) -> str:
+    return ", ".join(f"{k}: {v:,}" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) if d else ""
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    return json.loads((Path(folder) / MANIFEST).read_text())

@@ -1,0 +1,39 @@
+"""Starting or joining a Ray cluster from a RayConfig (the only place that calls ray.init)."""
+
+from __future__ import annotations
+
+import os
+
+from karma_ray.config import RayConfig
+
+# Environment every worker needs on a CPU-only or offline machine; values already set by the
+# user (or a job's runtime_env) win.
+_WORKER_ENV_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join `cfg.address` (or $RAY_ADDRESS, set inside `ray job submit`), else start a local cluster.
+
+    A local cluster's dashboard binds to cfg.dashboard_host (loopback by default).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    env_vars = {k: os.environ.get(k, v) for k, v in _WORKER_ENV_DEFAULTS.items()}
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            object_store_memory=int(cfg.object_store_memory_gb * 2**30) if cfg.object_store_memory_gb else None,
+            include_dashboard=cfg.include_dashboard,
+            dashboard_host=cfg.dashboard_host,
+            **kwargs,
+        )
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = cfg.progress_bars
