@@ -36,7 +36,7 @@ def _cmd_prepare(argv: Sequence[str]) -> int:
     p.add_argument("--config", "-c", help="YAML config (see configs/data/)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepare output")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # paths and key=value may come before or after options
     if args.help_config:
         print("\n".join(describe(PrepareConfig)))
         return 0

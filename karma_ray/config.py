@@ -105,7 +105,19 @@ class FilterConfig:
     drop_deleted: bool = option(True, "Drop replies whose body is '[deleted]' (the user deleted it).")
     drop_removed: bool = option(True, "Drop replies whose body is '[removed]' (moderators removed it).")
     bot_authors: tuple[str, ...] = option(
-        ("AutoModerator",),
+        (
+            "AutoModerator",
+            "sneakpeekbot",
+            "WikiTextBot",
+            "RemindMeBot",
+            "converter-bot",
+            "autotldr",
+            "TweetPoster",
+            "imguralbumbot",
+            "totesmessenger",
+            "LinkFixerBot",
+            "CommonMisspellingBot",
+        ),
         "Authors treated as bots (case-insensitive); their comments are dropped but stay in threads as context.",
     )
     bot_author_suffixes: tuple[str, ...] = option(

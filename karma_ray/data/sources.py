@@ -131,7 +131,11 @@ def resolve_inputs(paths: list[str], fmt: str = "auto") -> list[InputFile]:
 
 
 def _known_suffix(name: str) -> bool:
+    """Dump files inside a folder. A bare `.json` inside a folder is metadata (a summary, a
+    ConvoKit index), not JSON lines; name such a file explicitly to read it as a dump."""
     n = name.lower()
+    if n.endswith(".json"):
+        return False
     return n.endswith((".zst", ".gz", ".parquet") + JSON_SUFFIXES)
 
 

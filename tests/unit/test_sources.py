@@ -47,6 +47,7 @@ def test_formats_kinds_globs_and_folders(tmp_path):
     zst(tmp_path / "RC_2015-01.zst", b"")
     zst(tmp_path / "RS_2015-01.zst", b"")
     (tmp_path / "more.jsonl.gz").write_bytes(gzip.compress(b""))
+    (tmp_path / "synth_summary.json").write_text("{}")  # metadata beside the dumps: not an input
     got = {(f.path.split("/")[-1], f.format, f.compression, f.kind_hint) for f in resolve_inputs([str(tmp_path)])}
     assert got == {
         ("RC_2015-01.zst", "pushshift", "zst", "comment"),
