@@ -93,11 +93,18 @@ class ReadConfig:
     format: Literal["auto", "pushshift", "jsonl", "convokit", "parquet"] = option(
         "auto", "Input format; 'auto' decides per path from its name (.zst, .jsonl[.gz], .parquet, ConvoKit folder)."
     )
-    parse_concurrency: int | None = option(None, "Max concurrent parse tasks (None: Ray Data decides).")
+    max_tasks_per_file: int = option(
+        4,
+        "Read tasks that may share one big file when there are fewer files than CPUs: byte ranges of an "
+        "uncompressed file, or chunk shards of a compressed one (each task decompresses the stream, "
+        "which cannot seek, and parses every n-th chunk).",
+    )
 
     def validate(self) -> None:
         if not 1 <= self.chunk_mib <= 1024:
             raise ConfigError("read.chunk_mib must be in [1, 1024]")
+        if self.max_tasks_per_file < 1:
+            raise ConfigError("read.max_tasks_per_file must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -201,6 +208,12 @@ class PrepareConfig:
     ray: RayConfig = section(RayConfig, "The Ray cluster the pipeline runs on.")
     shuffle_partitions: int | None = option(
         None, "Partitions of the group-by-thread shuffle (None: 2 x cluster CPUs, at least 4)."
+    )
+    shuffle: Literal["sort", "hash"] = option(
+        "sort",
+        "Group-by-thread shuffle. 'sort': Ray Data's sort-based shuffle, blocks live in the object store "
+        "and spill to disk, so memory stays flat as the corpus grows. 'hash': Ray's hash shuffle "
+        "(SHUFFLE_V2), whose aggregator actors hold partitions in heap memory until all input is read.",
     )
     rows_per_file: int = option(200_000, "Target rows per output Parquet file.")
 

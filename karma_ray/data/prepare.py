@@ -1,17 +1,20 @@
-"""`karma prepare`: Reddit dumps -> reward-model examples and sibling pairs, on Ray Data.
+"""`karma prepare`: Reddit dumps -> reward-model examples and sibling pairs, on Ray.
 
-The pipeline, one streaming Ray Data execution and a short finishing pass:
+    1-2. read+parse  Ray tasks (streaming generators), one per file, byte range of a plain file,
+                     or chunk shard of a big compressed one: decompress, cut newline-aligned
+                     chunks, parse, apply record filters; blocks go to the object store
+                                                                   (sources.py, records.py)
+    3.   group       Ray Data shuffle by link_id (sort-based by default: spills, so memory stays
+                     flat; or hash), so whole threads meet in one block, across nodes
+    4.   build       Ray Data map over whole blocks: contexts, labels, pairs, ledger  (threads.py)
+    5.   stage       Parquet partitioned by output kind
+    6.   count       Ray tasks over staged ledger files -> the manifest's counts
+    7.   finish      subreddit z-scores from TRAIN statistics; examples/, pairs/, ledger/ by split
 
-    1. read     RedditTextDatasource: one read task per file (per byte range for big plain JSONL)
-                decompresses and cuts newline-aligned chunks            (sources.py)
-    2. parse    map_batches over chunks: JSON -> normalized rows + record-level drop reasons,
-                in parallel within a file                                (records.py)
-    3. group    hash-repartition by link_id, so whole threads meet in one block (the shuffle
-                scales across nodes; this is how Ray's own groupby().map_groups() works)
-    4. build    map_batches over whole blocks: contexts, labels, pairs, ledger (threads.py)
-    5. stage    write Parquet partitioned by output kind
-    6. count    aggregate the ledger: every record's outcome -> the manifest's counts
-    7. finish   subreddit z-scores from TRAIN statistics; examples/, pairs/, ledger/ by split
+Why read+parse are plain Ray tasks feeding Ray Data, not a Ray Data read operator (measured on
+2 CPUs, 1M comments): as an operator upstream of an all-to-all shuffle, Ray Data's scheduler ran
+the read tasks one at a time (37 s of 67 s), and with a separate parse operator a back-pressured
+read task kept its CPU slot. Submitted as tasks, every file is read at once.
 
 Every input line ends as exactly one example row or one ledger row, so
 `records_read == records_malformed + sum(dropped) + examples_written` is a count of written rows,
@@ -43,85 +46,23 @@ class OutputExistsError(FileExistsError):
     pass
 
 
-CHUNK_SCHEMA = pa.schema(
-    [
-        ("source", pa.string()),
-        ("chunk_index", pa.int64()),
-        ("kind_hint", pa.string()),
-        ("data", pa.large_binary()),
-        ("truncated_tail", pa.bool_()),
-        ("error", pa.string()),
-    ]
-)
-
-
-def _chunk_block(c: sources.Chunk) -> pa.Table:
-    return pa.table(
-        {
-            "source": [c.source],
-            "chunk_index": [c.index],
-            "kind_hint": [c.kind_hint],
-            "data": pa.array([c.data], pa.large_binary()),
-            "truncated_tail": [c.truncated_tail],
-            "error": [c.error],
-        },
-        schema=CHUNK_SCHEMA,
-    )
-
-
-def make_text_datasource(files: list[sources.InputFile], chunk_bytes: int, ranges_per_file: int) -> Any:
-    """A Ray Data Datasource over text dumps. Built in a function so `import karma_ray.data.prepare`
-    does not import Ray (the class must subclass Ray's interface)."""
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
-
-    class RedditTextDatasource(Datasource):
-        def __init__(self) -> None:
-            super().__init__()
-
-        def get_name(self) -> str:
-            return "RedditDumps"
-
-        def estimate_inmemory_data_size(self) -> int | None:
-            # Decompressed text is ~5-10x a zstd dump; the estimate only sizes Ray's first guesses.
-            return sum(f.size_bytes * (8 if f.compression != "none" else 1) for f in files)
-
-        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list:
-            tasks = []
-            for f in files:
-                for start, end in sources.plain_ranges(f, chunk_bytes, ranges_per_file):
-                    whole = (start, end) == (0, f.size_bytes)
-                    meta = BlockMetadata(num_rows=None, size_bytes=end - start, input_files=[f.path], exec_stats=None)
-                    tasks.append(ReadTask(_reader(f, start, end, whole, chunk_bytes), meta, schema=CHUNK_SCHEMA))
-            return tasks
-
-    return RedditTextDatasource()
-
-
-def _reader(f: sources.InputFile, start: int, end: int, whole: bool, chunk_bytes: int):
-    def read() -> Iterator[pa.Table]:
-        it = sources.iter_chunks(f, chunk_bytes) if whole else sources.iter_range_chunks(f, start, end, chunk_bytes)
-        for chunk in it:
-            yield _chunk_block(chunk)
-
-    return read
-
-
-def parse_chunk_batch(batch: pa.Table, filters: Any) -> pa.Table:
-    """Ray Data UDF: chunk rows -> RECORD_SCHEMA rows (filters applied)."""
-    out = []
-    for row in range(batch.num_rows):
-        info = records.ChunkInfo(
-            source=batch["source"][row].as_py(),
-            chunk_index=batch["chunk_index"][row].as_py(),
-            kind_hint=batch["kind_hint"][row].as_py(),
-        )
-        data = batch["data"][row].as_py()
-        truncated = bool(batch["truncated_tail"][row].as_py())
-        out.append(records.parse_and_filter(data, info, filters, truncated_tail=truncated))
-        if truncated:
-            out.append(_truncation_row(info, batch["error"][row].as_py()))
-    return pa.concat_tables(out) if out else records.rows_to_table([])
+def read_records(f: sources.InputFile, plan: tuple[str, int, int], chunk_bytes: int, filters: Any) -> Iterator[pa.Table]:
+    """Ray task body (streaming generator): decompress, parse and filter one file / byte range /
+    chunk shard, yielding RECORD_SCHEMA blocks chunk by chunk (plus a marker row when the file
+    ended early)."""
+    kind, a, b = plan
+    if kind == "range":
+        chunks = sources.iter_range_chunks(f, a, b, chunk_bytes)
+    elif kind == "shard":
+        chunks = sources.iter_chunks(f, chunk_bytes, shard=a, n_shards=b)
+    else:
+        chunks = sources.iter_chunks(f, chunk_bytes)
+    for c in chunks:
+        info = records.ChunkInfo(c.source, c.index, c.kind_hint)
+        table = records.parse_and_filter(c.data, info, filters, truncated_tail=c.truncated_tail)
+        if c.truncated_tail:
+            table = pa.concat_tables([table, _truncation_row(info, c.error)])
+        yield table
 
 
 def _truncation_row(info: records.ChunkInfo, error: str | None) -> pa.Table:
@@ -129,6 +70,15 @@ def _truncation_row(info: records.ChunkInfo, error: str | None) -> pa.Table:
     row = records.malformed_row(info, "file_truncated", error or "")
     row["record_kind"] = "file_event"
     return records.rows_to_table([row])
+
+
+def tasks_per_file(files: list[sources.InputFile], cpus: int, chunk_bytes: int, max_tasks: int) -> dict[str, int]:
+    """Share big files between read tasks when there are fewer files than CPUs."""
+    big = [f for f in files if f.size_bytes * (8 if f.compression != "none" else 1) > 2 * chunk_bytes]
+    if not big:
+        return {}
+    n = max(1, min(max_tasks, cpus // len(big)))
+    return {f.path: n for f in big}
 
 
 def parse_parquet_batch(batch: pa.Table, filters: Any) -> pa.Table:
@@ -253,18 +203,23 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
     cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
     chunk_bytes = cfg.read.chunk_mib << 20
 
+    t_main = time.perf_counter()
     parts = []
     if text_files:
-        ds = ray.data.read_datasource(make_text_datasource(text_files, chunk_bytes, ranges_per_file=cpus))
-        parts.append(
-            ds.map_batches(
-                parse_chunk_batch,
-                batch_size=1,
-                batch_format="pyarrow",
-                fn_kwargs={"filters": cfg.filters},
-                concurrency=cfg.read.parse_concurrency,
-            )
-        )
+        # 1-2. read + parse: one Ray task per file, byte range or chunk shard, all submitted at
+        # once; each streams RECORD_SCHEMA blocks (a streaming generator) into the object store,
+        # where Ray Data takes them over. Measured on 2 CPUs / 1M comments: the same tasks as a
+        # Ray Data read operator ran one at a time once the shuffle was downstream (its scheduler
+        # split 2 CPUs between operators), 2x slower end to end.
+        shares = tasks_per_file(text_files, cpus, chunk_bytes, cfg.read.max_tasks_per_file)
+        read_task = ray.remote(num_returns="streaming")(read_records)
+        generators = [
+            read_task.remote(f, plan, chunk_bytes, cfg.filters)
+            for f in text_files
+            for plan in sources.read_plan(f, chunk_bytes, shares.get(f.path, 1))
+        ]
+        block_refs = [ref for gen in generators for ref in gen]
+        parts.append(ray.data.from_arrow_refs(block_refs))
     if parquet_files:
         pq = ray.data.read_parquet([f.path for f in parquet_files], include_paths=True)
         pq = pq.rename_columns({"path": "__source"}) if "path" in (pq.schema().names or []) else pq
@@ -272,16 +227,33 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
     record_ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
     n_partitions = cfg.shuffle_partitions or max(4, 2 * cpus)
-    # Same co-location guarantee as Ray's groupby().map_groups(): after a keyed repartition with
-    # sort, a block holds whole groups; processing a whole block per call avoids a Python call
-    # per thread (ray/data/grouped_data.py, Ray 2.60).
-    stage_ds = record_ds.repartition(n_partitions, keys=["link_id"], sort=True).map_batches(
-        build_stage_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg}
-    )
+    # 3. group: whole threads must meet in one block. Both strategies give the guarantee Ray's own
+    # groupby().map_groups() relies on (ray/data/grouped_data.py, Ray 2.60): after a keyed
+    # repartition (hash) or a sort (range partitions), a block holds whole groups. Processing a
+    # whole block per call avoids a Python call per thread.
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    ctx = DataContext.get_current()
+    # Per-operator reservations split a small cluster between the read and the shuffle operators
+    # that can only run AFTER it (all-to-all): on 2 CPUs the read got one slot and its tasks ran
+    # one after another. The shuffle waits for the read anyway, so let the read use everything.
+    ctx.op_resource_reservation_enabled = False
+    if cfg.shuffle == "sort":
+        ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        grouped = record_ds.sort("link_id")  # as many range partitions as input blocks
+    else:
+        ctx.shuffle_strategy = ShuffleStrategy.SHUFFLE_V2
+        # Aggregators only hold partitions until all input is read, and by default reserve up
+        # to 25% of the CPUs for it: on 2 CPUs that left room for ONE read task (measured: the
+        # four read tasks of a 1M-comment corpus ran one after another).
+        ctx.hash_shuffle_operator_actor_num_cpus_per_partition_override = 0.0
+        # No sort=True: build_block sorts its block by link_id itself.
+        grouped = record_ds.repartition(n_partitions, keys=["link_id"])
+    # 4. build
+    stage_ds = grouped.map_batches(build_stage_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
     staging = out / "_staging"
-    t0 = time.perf_counter()
     stage_ds.write_parquet(str(staging), partition_cols=["output"], min_rows_per_file=cfg.rows_per_file)
-    timings["read_parse_group_build"] = time.perf_counter() - t0
+    timings["read_parse_group_build"] = time.perf_counter() - t_main
     ray_stats = stage_ds.stats()
 
     manifest = Manifest(inputs=[_input_info(f) for f in files], config=to_dict(cfg), versions=_versions())

@@ -236,14 +236,32 @@ def _aligned_chunks(stream: Iterator[bytes], f: InputFile, chunk_bytes: int) -> 
         yield Chunk(f.path, index, f.kind_hint, bytes(pending))
 
 
-def iter_chunks(f: InputFile, chunk_bytes: int) -> Iterator[Chunk]:
-    """All of a file's text as newline-aligned chunks (ConvoKit converted to Pushshift objects)."""
+def iter_chunks(f: InputFile, chunk_bytes: int, shard: int = 0, n_shards: int = 1) -> Iterator[Chunk]:
+    """A file's text as newline-aligned chunks (ConvoKit converted to Pushshift objects).
+
+    With n_shards > 1, only the chunks whose index % n_shards == shard: that is how several read
+    tasks share ONE compressed file. zstd cannot seek, so each decompresses the whole stream (the
+    cheap part, ~1/4 of parsing) and parses its own share of the chunks.
+    """
     if f.format == "convokit":
-        yield from _aligned_chunks(convokit_as_pushshift(Path(f.path)), f, chunk_bytes)
+        stream = convokit_as_pushshift(Path(f.path))
     elif f.format in ("pushshift", "jsonl"):
-        yield from _aligned_chunks(byte_stream(f), f, chunk_bytes)
+        stream = byte_stream(f)
     else:
         raise InputError(f"{f.path}: format {f.format} is not read as text")
+    for chunk in _aligned_chunks(stream, f, chunk_bytes):
+        if chunk.index % n_shards == shard:
+            yield chunk
+
+
+def read_plan(f: InputFile, chunk_bytes: int, n_tasks: int) -> list[tuple[str, int, int]]:
+    """How `n_tasks` read tasks split one file: ("range", start, end) byte ranges of an uncompressed
+    file, ("shard", i, n) chunk shards of a compressed one, or one ("whole", 0, 1) task."""
+    if n_tasks <= 1:
+        return [("whole", 0, 1)]
+    if f.compression == "none" and f.format == "jsonl":
+        return [("range", s, e) for s, e in plain_ranges(f, chunk_bytes, n_tasks)]
+    return [("shard", i, n_tasks) for i in range(n_tasks)]
 
 
 def plain_ranges(f: InputFile, chunk_bytes: int, n_ranges: int) -> list[tuple[int, int]]:

@@ -18,7 +18,6 @@ Dropped comments still serve as context for their replies (what the readers saw)
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -26,7 +25,7 @@ import pyarrow.compute as pc
 
 from karma_ray.config import PrepareConfig
 from karma_ray.data.format import OP_ROLE, USER_ROLE, render_context, truncate
-from karma_ray.data.labels import percentile_ranks, prefers, signed_log1p, split_for_thread
+from karma_ray.data.labels import percentile_ranks, prefers, split_for_thread
 from karma_ray.data.records import COMMENT, MALFORMED_LINK_PREFIX, SUBMISSION
 
 # Pairs are searched among at most this many siblings per parent (the earliest by time): the
@@ -109,30 +108,170 @@ LEDGER_SCHEMA = pa.schema(
 STAGE_SCHEMA = _union(EXAMPLE_FIELDS, PAIR_FIELDS, list(zip(LEDGER_SCHEMA.names, LEDGER_SCHEMA.types)))
 
 
+# Example columns computed per thread (the rest are taken from the record table by index, or
+# computed vectorized in `_Rows.table`).
+_EXAMPLE_COMPUTED = (
+    "split",
+    "context",
+    "context_depth",
+    "depth",
+    "chain_complete",
+    "submission_found",
+    "reply_is_op",
+    "sibling_percentile",
+    "thread_percentile",
+    "seconds_since_parent",
+    "seconds_since_submission",
+    "parent_score",
+    "num_siblings",
+    "sibling_rank_by_time",
+    "thread_comments",
+)
+# example column <- record column, copied by index
+_EXAMPLE_TAKEN = {
+    "id": "id",
+    "link_id": "link_id",
+    "parent_id": "parent_id",
+    "subreddit": "subreddit",
+    "author": "author",
+    "reply": "text",
+    "score": "score",
+    "created_utc": "created_utc",
+}
+
+
 class _Rows:
-    """Column-wise accumulator for STAGE_SCHEMA rows (much cheaper than a list of dicts)."""
+    """Output rows of one block, kept as record indices plus the values computed per thread.
 
-    def __init__(self) -> None:
-        self.columns: dict[str, list[Any]] = {name: [] for name in STAGE_SCHEMA.names}
-        self.n = 0
+    Columns that are copies of record columns (ids, texts, scores, times) are produced by one
+    Arrow `take` per column, and row-wise derivable ones (name, log_score, hour, weekday) by
+    vectorized compute, so no Python string crosses back into Arrow twice. `table()` pads each
+    output kind to STAGE_SCHEMA.
+    """
 
-    def add(self, output: str, values: dict[str, Any]) -> None:
-        values["output"] = output
-        for name, col in self.columns.items():
-            col.append(values.get(name))
-        self.n += 1
+    def __init__(self, records: pa.Table) -> None:
+        self.records = records
+        self.example_index: list[int] = []
+        self.example_values: list[tuple] = []  # _EXAMPLE_COMPUTED order
+        self.pair_index: list[tuple[int, int]] = []  # (chosen, rejected) record indices
+        self.pair_values: list[tuple] = []  # (parent_id, split, context, context_depth)
+        self.ledger_index: list[int] = []  # records that did not become examples
+        self.ledger_values: list[tuple] = []  # (outcome, split)
+        self.thread_rows: list[dict] = []  # per-thread ledger rows (no record behind them)
+
+    def example(self, i: int, values: tuple) -> None:
+        self.example_index.append(i)
+        self.example_values.append(values)
+
+    def pair(self, a: int, b: int, values: tuple) -> None:
+        self.pair_index.append((a, b))
+        self.pair_values.append(values)
+
+    def ledger(self, i: int, outcome: str, split: str | None) -> None:
+        self.ledger_index.append(i)
+        self.ledger_values.append((outcome, split or "none"))
 
     def table(self) -> pa.Table:
-        return pa.table({k: pa.array(v, STAGE_SCHEMA.field(k).type) for k, v in self.columns.items()}, schema=STAGE_SCHEMA)
+        parts = [self._examples(), self._pairs(), self._ledger()]
+        parts = [p for p in parts if p is not None]
+        return pa.concat_tables(parts) if parts else STAGE_SCHEMA.empty_table()
+
+    def _take(self, index: list[int], column: str) -> pa.Array:
+        return self.records[column].take(pa.array(index, pa.int64())).combine_chunks()
+
+    def _pad(self, kind: str, columns: dict[str, Any], n: int) -> pa.Table:
+        arrays = []
+        for field in STAGE_SCHEMA:
+            if field.name == "output":
+                arrays.append(pa.repeat(pa.scalar(kind, pa.string()), n))
+            elif field.name in columns:
+                value = columns[field.name]
+                arrays.append(value.cast(field.type) if isinstance(value, pa.Array) else pa.array(value, field.type))
+            else:
+                arrays.append(pa.nulls(n, field.type))
+        return pa.Table.from_arrays(arrays, schema=STAGE_SCHEMA)
+
+    def _examples(self) -> pa.Table | None:
+        n = len(self.example_index)
+        if n == 0:
+            return None
+        columns: dict[str, Any] = {out: self._take(self.example_index, src) for out, src in _EXAMPLE_TAKEN.items()}
+        columns.update(zip(_EXAMPLE_COMPUTED, map(list, zip(*self.example_values))))
+        score = pc.cast(columns["score"], pa.float64())
+        created = columns["created_utc"]
+        columns["name"] = pc.binary_join_element_wise("t1_", columns["id"], "")
+        columns["log_score"] = pc.multiply(pc.sign(score), pc.log1p(pc.abs(score)))  # labels.signed_log1p
+        # 1970-01-01 was a Thursday (weekday 3 with Monday = 0); floor division for dates before 1970
+        days = pc.floor(pc.divide(pc.cast(created, pa.float64()), 86400.0))
+        columns["weekday"] = pc.cast(pc.subtract(pc.add(days, 3.0), pc.multiply(pc.floor(pc.divide(pc.add(days, 3.0), 7.0)), 7.0)), pa.int32())
+        seconds_in_day = pc.subtract(pc.cast(created, pa.float64()), pc.multiply(days, 86400.0))
+        columns["hour"] = pc.cast(pc.floor(pc.divide(seconds_in_day, 3600.0)), pa.int32())
+        return self._pad("example", columns, n)
+
+    def _pairs(self) -> pa.Table | None:
+        n = len(self.pair_index)
+        if n == 0:
+            return None
+        chosen = [a for a, _ in self.pair_index]
+        rejected = [b for _, b in self.pair_index]
+        parent, split, context, context_depth = map(list, zip(*self.pair_values))
+        chosen_id, rejected_id = self._take(chosen, "id"), self._take(rejected, "id")
+        columns = {
+            "pair_id": pc.binary_join_element_wise(chosen_id, rejected_id, ">"),
+            "link_id": self._take(chosen, "link_id"),
+            "parent_id": parent,
+            "subreddit": self._take(chosen, "subreddit"),
+            "split": split,
+            "context": context,
+            "context_depth": context_depth,
+            "chosen_id": chosen_id,
+            "rejected_id": rejected_id,
+            "chosen": self._take(chosen, "text"),
+            "rejected": self._take(rejected, "text"),
+            "chosen_score": self._take(chosen, "score"),
+            "rejected_score": self._take(rejected, "score"),
+            "chosen_created_utc": self._take(chosen, "created_utc"),
+            "rejected_created_utc": self._take(rejected, "created_utc"),
+        }
+        return self._pad("pair", columns, n)
+
+    def _ledger(self) -> pa.Table | None:
+        parts = []
+        n = len(self.ledger_index)
+        if n:
+            kind = self._take(self.ledger_index, "record_kind")
+            outcome, split = map(list, zip(*self.ledger_values))
+            malformed = pc.starts_with(kind, "malformed")
+            detail = pc.if_else(malformed, self._take(self.ledger_index, "text"), pa.nulls(n, pa.string()))
+            columns = {
+                "record_kind": kind,
+                "id": self._take(self.ledger_index, "id"),
+                "link_id": self._take(self.ledger_index, "link_id"),
+                "subreddit": self._take(self.ledger_index, "subreddit"),
+                "split": split,
+                "outcome": outcome,
+                "source": self._take(self.ledger_index, "source"),
+                "detail": detail,
+            }
+            parts.append(self._pad("ledger", columns, n))
+        if self.thread_rows:
+            names = LEDGER_SCHEMA.names
+            columns = {name: [row.get(name) for row in self.thread_rows] for name in names}
+            parts.append(self._pad("ledger", columns, len(self.thread_rows)))
+        return pa.concat_tables(parts) if parts else None
+
+
+# Record columns the per-thread logic reads as Python values (texts only for contexts).
+_LOGIC_COLUMNS = ("record_kind", "id", "parent_id", "link_id", "subreddit", "author", "text", "title", "score", "created_utc", "retrieved_on", "drop_reason")
 
 
 def build_block(records: pa.Table, cfg: PrepareConfig) -> pa.Table:
     """RECORD_SCHEMA rows of whole threads -> STAGE_SCHEMA rows (examples, pairs, ledger)."""
-    out = _Rows()
     if records.num_rows == 0:
-        return out.table()
+        return STAGE_SCHEMA.empty_table()
     records = records.sort_by([("link_id", "ascending")])
-    cols = {name: records[name].to_pylist() for name in records.column_names}
+    out = _Rows(records)
+    cols = {name: records[name].to_pylist() for name in _LOGIC_COLUMNS}
     links = cols["link_id"]
     start = 0
     n = len(links)
@@ -140,27 +279,13 @@ def build_block(records: pa.Table, cfg: PrepareConfig) -> pa.Table:
         end = start
         while end + 1 < n and links[end + 1] == links[start]:
             end += 1
-        rows = range(start, end + 1)
         if links[start].startswith(MALFORMED_LINK_PREFIX):
-            for i in rows:
-                out.add("ledger", _ledger(cols, i, cols["drop_reason"][i], None))
+            for i in range(start, end + 1):
+                out.ledger(i, cols["drop_reason"][i], None)
         else:
-            _build_thread(cols, list(rows), cfg, out)
+            _build_thread(cols, list(range(start, end + 1)), cfg, out)
         start = end + 1
     return out.table()
-
-
-def _ledger(cols: dict, i: int, outcome: str, split: str | None) -> dict:
-    return {
-        "record_kind": cols["record_kind"][i],
-        "id": cols["id"][i],
-        "link_id": cols["link_id"][i],
-        "subreddit": cols["subreddit"][i],
-        "split": split or "none",
-        "outcome": outcome,
-        "source": cols["source"][i],
-        "detail": cols["text"][i] if cols["record_kind"][i].startswith("malformed") else None,
-    }
 
 
 def _dedup(cols: dict, rows: list[int], out: _Rows, split: str) -> list[int]:
@@ -176,7 +301,7 @@ def _dedup(cols: dict, rows: list[int], out: _Rows, split: str) -> list[int]:
         loser = j if ri > rj else i
         if ri > rj:
             best[rid] = i
-        out.add("ledger", _ledger(cols, loser, "duplicate", split))
+        out.ledger(loser, "duplicate", split)
     return sorted(best.values())
 
 
@@ -188,7 +313,7 @@ def _build_thread(cols: dict, rows: list[int], cfg: PrepareConfig, out: _Rows) -
     submissions = _dedup(cols, [i for i in rows if kinds[i] == SUBMISSION], out, split)
     sub = submissions[0] if submissions else None
     for i in submissions:
-        out.add("ledger", _ledger(cols, i, "submission", split))
+        out.ledger(i, "submission", split)
 
     ids, parents, texts, authors = cols["id"], cols["parent_id"], cols["text"], cols["author"]
     created, scores, drop = cols["created_utc"], cols["score"], cols["drop_reason"]
@@ -202,8 +327,8 @@ def _build_thread(cols: dict, rows: list[int], cfg: PrepareConfig, out: _Rows) -
     complete: dict[int, bool] = {}
     dangling = 0
     for i in comments:
-        if parents[i].startswith("t1_") and parents[i] not in by_fullname:
-            dangling += 1
+        if i in depth:
+            continue
         stack = [i]
         while stack:
             k = stack[-1]
@@ -224,20 +349,29 @@ def _build_thread(cols: dict, rows: list[int], cfg: PrepareConfig, out: _Rows) -
                 stack.pop()
             else:
                 stack.append(j)
+    for i in comments:
+        p = parents[i]
+        if p.startswith("t1_") and p not in by_fullname:
+            dangling += 1
 
     siblings: dict[str, list[int]] = defaultdict(list)
     for i in comments:
         siblings[parents[i]].append(i)
     rank_by_time: dict[int, int] = {}
     for group in siblings.values():
+        if len(group) == 1:
+            rank_by_time[group[0]] = 0
+            continue
         group.sort(key=lambda i: (created[i], ids[i]))
         for r, i in enumerate(group):
             rank_by_time[i] = r
 
-    kept = [i for i in comments if drop[i] is None]
+    kept = []
     for i in comments:
-        if drop[i] is not None:
-            out.add("ledger", _ledger(cols, i, drop[i], split))
+        if drop[i] is None:
+            kept.append(i)
+        else:
+            out.ledger(i, drop[i], split)
 
     thread_pct = dict(zip(kept, percentile_ranks([scores[i] for i in kept]))) if kept else {}
     kept_siblings: dict[str, list[int]] = defaultdict(list)
@@ -245,142 +379,144 @@ def _build_thread(cols: dict, rows: list[int], cfg: PrepareConfig, out: _Rows) -
         kept_siblings[parents[i]].append(i)
     sibling_pct: dict[int, float] = {}
     for group in kept_siblings.values():
-        sibling_pct.update(zip(group, percentile_ranks([scores[i] for i in group])))
+        if len(group) == 1:
+            sibling_pct[group[0]] = 0.5
+        else:
+            sibling_pct.update(zip(group, percentile_ranks([scores[i] for i in group])))
 
-    title = cols["title"][sub] if sub is not None and cfg.threads.include_submission else None
-    selftext = None
-    if sub is not None and cfg.threads.include_submission:
-        selftext = truncate(texts[sub], cfg.threads.max_submission_chars)
+    include_sub = sub is not None and cfg.threads.include_submission
+    title = cols["title"][sub] if include_sub else None
+    selftext = truncate(texts[sub], cfg.threads.max_submission_chars) if include_sub else None
+    max_turns, max_chars = cfg.threads.max_context_turns, cfg.threads.max_context_chars
     context_cache: dict[str, tuple[str, int]] = {}
-
-    def role(author: str) -> str:
-        return OP_ROLE if op_author is not None and author == op_author else USER_ROLE
 
     def context_for(parent: str) -> tuple[str, int]:
         """Rendered context of a reply to `parent` (shared by all its siblings) and its turn count."""
-        if parent in context_cache:
-            return context_cache[parent]
+        hit = context_cache.get(parent)
+        if hit is not None:
+            return hit
         turns: list[tuple[str, str]] = []
         j = by_fullname.get(parent)
-        while j is not None and len(turns) < cfg.threads.max_context_turns:
-            turns.append((role(authors[j]), texts[j]))
+        while j is not None and len(turns) < max_turns:
+            turns.append((OP_ROLE if op_author is not None and authors[j] == op_author else USER_ROLE, texts[j]))
             j = by_fullname.get(parents[j])
         turns.reverse()
-        result = (render_context(title, selftext, turns, cfg.threads.max_context_chars), len(turns))
+        result = (render_context(title, selftext, turns, max_chars), len(turns))
         context_cache[parent] = result
         return result
 
-    n_examples = 0
+    n_comments = len(comments)
+    sub_created = created[sub] if sub is not None else None
+    sub_score = scores[sub] if sub is not None else None
     for i in kept:
         parent = parents[i]
         context, context_depth = context_for(parent)
         j = by_fullname.get(parent)
         if j is not None:
             parent_created, parent_score = created[j], scores[j]
-        elif parent.startswith("t3_") and sub is not None:
-            parent_created, parent_score = created[sub], scores[sub]
+        elif parent[1] == "3" and sub is not None:  # "t3_...": the submission itself
+            parent_created, parent_score = sub_created, sub_score
         else:
             parent_created, parent_score = None, None
-        when = datetime.fromtimestamp(created[i], tz=timezone.utc)
-        out.add(
-            "example",
-            {
-                "id": ids[i],
-                "name": "t1_" + ids[i],
-                "link_id": link_id,
-                "parent_id": parent,
-                "subreddit": cols["subreddit"][i],
-                "author": authors[i],
-                "split": split,
-                "context": context,
-                "reply": texts[i],
-                "context_depth": context_depth,
-                "depth": depth[i],
-                "chain_complete": complete[i],
-                "submission_found": sub is not None,
-                "reply_is_op": role(authors[i]) == OP_ROLE,
-                "score": scores[i],
-                "log_score": signed_log1p(scores[i]),
-                "sibling_percentile": sibling_pct[i],
-                "thread_percentile": thread_pct[i],
-                "created_utc": created[i],
-                "hour": when.hour,
-                "weekday": when.weekday(),
-                "seconds_since_parent": created[i] - parent_created if parent_created is not None else None,
-                "seconds_since_submission": created[i] - created[sub] if sub is not None else None,
-                "parent_score": parent_score,
-                "num_siblings": len(siblings[parent]) - 1,
-                "sibling_rank_by_time": rank_by_time[i],
-                "thread_comments": len(comments),
-            },
+        # _EXAMPLE_COMPUTED order
+        out.example(
+            i,
+            (
+                split,
+                context,
+                context_depth,
+                depth[i],
+                complete[i],
+                sub is not None,
+                op_author is not None and authors[i] == op_author,
+                sibling_pct[i],
+                thread_pct[i],
+                created[i] - parent_created if parent_created is not None else None,
+                created[i] - sub_created if sub_created is not None else None,
+                parent_score,
+                len(siblings[parent]) - 1,
+                rank_by_time[i],
+                n_comments,
+            ),
         )
-        n_examples += 1
 
     n_pairs = 0
     if cfg.pairs.enabled:
         for parent, group in kept_siblings.items():
-            n_pairs += _pairs_for(parent, group, cols, cfg, context_for(parent), link_id, split, out)
+            if len(group) > 1:
+                context, context_depth = context_for(parent)
+                for a, b in _pairs_for(group, cols, cfg):
+                    out.pair(a, b, (parent, split, context, context_depth))
+                    n_pairs += 1
 
-    out.add(
-        "ledger",
+    first = sub if sub is not None else (comments[0] if comments else rows[0])
+    out.thread_rows.append(
         {
             "record_kind": "thread",
             "id": link_id[3:],
             "link_id": link_id,
-            "subreddit": cols["subreddit"][sub] if sub is not None else (cols["subreddit"][comments[0]] if comments else None),
+            "subreddit": cols["subreddit"][first],
             "split": split,
             "outcome": "thread" if sub is not None else "thread_without_submission",
-            "n_comments": len(comments),
+            "n_comments": n_comments,
             "n_dangling": dangling,
-            "n_examples": n_examples,
+            "n_examples": len(kept),
             "n_pairs": n_pairs,
-        },
+        }
     )
 
 
-def _pairs_for(
-    parent: str,
-    group: list[int],
-    cols: dict,
-    cfg: PrepareConfig,
-    context: tuple[str, int],
-    link_id: str,
-    split: str,
-    out: _Rows,
-) -> int:
-    if len(group) < 2:
-        return 0
-    ids, scores, created, texts = cols["id"], cols["score"], cols["created_utc"], cols["text"]
-    candidates = sorted(group, key=lambda i: (created[i], ids[i]))[:MAX_PAIR_CANDIDATES]
-    found = []
-    for a in candidates:
-        for b in candidates:
-            if a != b and prefers(scores[a], created[a], scores[b], created[b], cfg.pairs):
-                found.append((scores[a] - scores[b], ids[a], ids[b], a, b))
-    # Largest score gaps first (the clearest preferences); ids break ties deterministically.
+def _pairs_for(group: list[int], cols: dict, cfg: PrepareConfig) -> list[tuple[int, int]]:
+    ids, scores, created = cols["id"], cols["score"], cols["created_utc"]
+    candidates = group if len(group) <= MAX_PAIR_CANDIDATES else sorted(group, key=lambda i: (created[i], ids[i]))[:MAX_PAIR_CANDIDATES]
+    if len(candidates) <= 8:  # small groups: checking all pairs is cheaper than the heap
+        found = [
+            (scores[a] - scores[b], ids[a], ids[b], a, b)
+            for a in candidates
+            for b in candidates
+            if a != b and prefers(scores[a], created[a], scores[b], created[b], cfg.pairs)
+        ]
+        found.sort(key=lambda f: (-f[0], f[1], f[2]))
+        return [(a, b) for *_, a, b in found[: cfg.pairs.max_pairs_per_parent]]
+    return largest_gap_pairs(candidates, scores, created, ids, cfg.pairs)
+
+
+def largest_gap_pairs(candidates: list[int], scores: list, created: list, ids: list, cfg: Any) -> list[tuple[int, int]]:
+    """Up to `cfg.max_pairs_per_parent` (preferred, other) pairs with the largest score gaps
+    (ties: by ids), each passing `labels.prefers`.
+
+    Best-first over the (higher, lower) grid of candidates sorted by score: gaps only shrink as
+    the higher index falls or the lower index rises, so a heap visits pairs in decreasing gap
+    order and stops once enough pairs passed or the gap is below the margin. Same result as
+    checking all n^2 pairs and sorting, at a fraction of the cost for big parents.
+    """
+    import heapq
+
+    order = sorted(candidates, key=lambda i: (scores[i], ids[i]))
+    n = len(order)
+    limit, margin = cfg.max_pairs_per_parent, max(cfg.min_score_margin, 1)
+    # entries: (-gap, id_hi, id_lo, hi, lo) -> pops largest gap, then smallest ids
+    heap = [(-(scores[order[n - 1]] - scores[order[0]]), ids[order[n - 1]], ids[order[0]], n - 1, 0)]
+    seen = {(n - 1, 0)}
+    found: list[tuple[int, str, str, int, int]] = []
+    cutoff = None  # once `limit` pairs passed: finish their gap (ties), then stop
+    while heap:
+        neg_gap, id_hi, id_lo, hi, lo = heapq.heappop(heap)
+        gap = -neg_gap
+        if gap < margin or (cutoff is not None and gap < cutoff):
+            break  # every remaining pair has a smaller gap
+        a, b = order[hi], order[lo]
+        if prefers(scores[a], created[a], scores[b], created[b], cfg):
+            found.append((gap, id_hi, id_lo, a, b))
+            if cutoff is None and len(found) >= limit:
+                cutoff = gap
+        for nhi, nlo in ((hi - 1, lo), (hi, lo + 1)):
+            if nlo < nhi and (nhi, nlo) not in seen:
+                seen.add((nhi, nlo))
+                x, y = order[nhi], order[nlo]
+                heapq.heappush(heap, (-(scores[x] - scores[y]), ids[x], ids[y], nhi, nlo))
     found.sort(key=lambda f: (-f[0], f[1], f[2]))
-    for _, _, _, a, b in found[: cfg.pairs.max_pairs_per_parent]:
-        out.add(
-            "pair",
-            {
-                "pair_id": f"{ids[a]}>{ids[b]}",
-                "link_id": link_id,
-                "parent_id": parent,
-                "subreddit": cols["subreddit"][a],
-                "split": split,
-                "context": context[0],
-                "context_depth": context[1],
-                "chosen_id": ids[a],
-                "rejected_id": ids[b],
-                "chosen": texts[a],
-                "rejected": texts[b],
-                "chosen_score": scores[a],
-                "rejected_score": scores[b],
-                "chosen_created_utc": created[a],
-                "rejected_created_utc": created[b],
-            },
-        )
-    return min(len(found), cfg.pairs.max_pairs_per_parent)
+    return [(a, b) for _, _, _, a, b in found[:limit]]
 
 
 def select_output(stage: pa.Table, output: str) -> pa.Table:

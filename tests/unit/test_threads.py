@@ -146,3 +146,26 @@ def test_parent_cycle_in_corrupt_data_terminates():
     rows = [rec("comment", "a", "t1_b"), rec("comment", "b", "t1_a")]
     ex, _, _ = build(rows)
     assert set(ex) == {"a", "b"}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_best_first_pairs_equal_brute_force(seed):
+    import random
+
+    from karma_ray.config import PairConfig
+    from karma_ray.data.labels import prefers
+    from karma_ray.data.threads import largest_gap_pairs
+
+    rng = random.Random(seed)
+    n = rng.randint(2, 40)
+    scores = [rng.choice([-3, 0, 1, 1, 2, 2, 5, 9, 30]) for _ in range(n)]  # many ties on purpose
+    created = [rng.randint(0, 50) for _ in range(n)]
+    ids = [f"i{k:02d}" for k in range(n)]
+    cfg = PairConfig(max_pairs_per_parent=rng.randint(1, 10), shp_rule=bool(seed % 2))
+    brute = sorted(
+        ((scores[a] - scores[b], ids[a], ids[b], a, b) for a in range(n) for b in range(n)
+         if a != b and prefers(scores[a], created[a], scores[b], created[b], cfg)),
+        key=lambda f: (-f[0], f[1], f[2]),
+    )
+    expected = [(a, b) for *_, a, b in brute[: cfg.max_pairs_per_parent]]
+    assert largest_gap_pairs(list(range(n)), scores, created, ids, cfg) == expected
