@@ -28,8 +28,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
+# pytest exits 5 when a lane collects no test: an empty slow lane is not a failure.
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q -m slow tests || [ $$? -eq 5 ]
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q tests

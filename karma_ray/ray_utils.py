@@ -33,7 +33,3 @@ def init_ray(cfg: RayConfig) -> None:
             dashboard_host=cfg.dashboard_host,
             **kwargs,
         )
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = cfg.progress_bars

@@ -72,6 +72,24 @@ def _truncation_row(info: records.ChunkInfo, error: str | None) -> pa.Table:
     return records.rows_to_table([row])
 
 
+def configure_data_context(cfg: PrepareConfig) -> None:
+    """Ray Data settings for this run, resolved once at setup."""
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = cfg.ray.progress_bars
+    # Per-operator reservations split a small cluster between operators that can only run one
+    # after another around an all-to-all shuffle; let each use the whole cluster in turn.
+    ctx.op_resource_reservation_enabled = False
+    if cfg.shuffle == "sort":
+        ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    else:
+        ctx.shuffle_strategy = ShuffleStrategy.SHUFFLE_V2
+        # Aggregators only hold partitions until all input is read, and by default reserve up
+        # to 25% of the CPUs for it, which starves the tasks that feed them on a small cluster.
+        ctx.hash_shuffle_operator_actor_num_cpus_per_partition_override = 0.0
+
+
 def tasks_per_file(files: list[sources.InputFile], cpus: int, chunk_bytes: int, max_tasks: int) -> dict[str, int]:
     """Share big files between read tasks when there are fewer files than CPUs."""
     big = [f for f in files if f.size_bytes * (8 if f.compression != "none" else 1) > 2 * chunk_bytes]
@@ -196,6 +214,7 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
 
     timings: dict[str, float] = {}
     init_ray(cfg.ray)
+    configure_data_context(cfg)  # before any dataset exists: datasets copy the context when created
     timings["ray_init"] = time.perf_counter() - t_start
 
     text_files = [f for f in files if f.format != "parquet"]
@@ -231,22 +250,9 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
     # groupby().map_groups() relies on (ray/data/grouped_data.py, Ray 2.60): after a keyed
     # repartition (hash) or a sort (range partitions), a block holds whole groups. Processing a
     # whole block per call avoids a Python call per thread.
-    from ray.data.context import DataContext, ShuffleStrategy
-
-    ctx = DataContext.get_current()
-    # Per-operator reservations split a small cluster between the read and the shuffle operators
-    # that can only run AFTER it (all-to-all): on 2 CPUs the read got one slot and its tasks ran
-    # one after another. The shuffle waits for the read anyway, so let the read use everything.
-    ctx.op_resource_reservation_enabled = False
     if cfg.shuffle == "sort":
-        ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         grouped = record_ds.sort("link_id")  # as many range partitions as input blocks
     else:
-        ctx.shuffle_strategy = ShuffleStrategy.SHUFFLE_V2
-        # Aggregators only hold partitions until all input is read, and by default reserve up
-        # to 25% of the CPUs for it: on 2 CPUs that left room for ONE read task (measured: the
-        # four read tasks of a 1M-comment corpus ran one after another).
-        ctx.hash_shuffle_operator_actor_num_cpus_per_partition_override = 0.0
         # No sort=True: build_block sorts its block by link_id itself.
         grouped = record_ds.repartition(n_partitions, keys=["link_id"])
     # 4. build

@@ -1068,23 +1068,18 @@ class _CorpusGenerator:
         return body, author, score, retrieved, distinguished, stickied
 
     def _add_marker(self, body: str, marker_code: int, head: int) -> str:
+        lowered = f"{body[:1].lower()}{body[1:]}"
         if marker_code > 0:
             phrase = MARKERS_GOOD[marker_code - 1]
-            if phrase == "source:":
-                return f"{body} Source: https://doi.org/10.1000/{head * 7919 % 100000}"
-            if phrase == "thanks for":
-                return f"{body} Thanks for asking!"
-            if phrase == "for example":
-                return f"{body} For example, {self.snippets[head % _N_SNIPPETS].rstrip(',')}."
-            return f"{phrase.capitalize()}, {body[:1].lower()}{body[1:]}"  # "In my experience, ..."
+            templates = {
+                "source:": f"{body} Source: https://doi.org/10.1000/{head * 7919 % 100000}",
+                "thanks for": f"{body} Thanks for asking!",
+                "for example": f"{body} For example, {self.snippets[head % _N_SNIPPETS].rstrip(',')}.",
+            }
+            return templates.get(phrase, f"{phrase.capitalize()}, {lowered}")  # "In my experience, ..."
         phrase = MARKERS_BAD[-marker_code - 1]
-        if phrase == "first!":
-            return f"First! {body}"
-        if phrase == "this.":
-            return f"This. {body}"
-        if phrase == "who cares":
-            return f"Who cares, {body[:1].lower()}{body[1:]}"
-        return f"{body} {phrase}"  # "lol", "/s"
+        templates = {"first!": f"First! {body}", "this.": f"This. {body}", "who cares": f"Who cares, {lowered}"}
+        return templates.get(phrase, f"{body} {phrase}")  # "lol", "/s"
 
     def _malformed_line(self, month: int, created: int, subreddit: str, sub_id: str, link_id: str,
                         u: float) -> bytes:
