@@ -300,7 +300,13 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
     manifest.invariant_holds = manifest.check_invariant()
     (out / MANIFEST).write_text(manifest.to_json())
     (out / "ray_data_stats.txt").write_text(str(ray_stats))
-    (out / "summary.md").write_text(render_summary(manifest, out))
+    from karma_ray.data.report import plot_prepare_report
+
+    report = plot_prepare_report(out, manifest.__dict__)
+    summary = render_summary(manifest, out)
+    if report is not None:
+        summary += f"\n![prepare report]({report.name})\n"
+    (out / "summary.md").write_text(summary)
     return manifest
 
 

@@ -125,3 +125,6 @@ def test_manifest_json_is_complete_and_consistent(synthetic):
     assert sum(data["splits"].values()) == data["examples_written"] and set(data["splits"]) == {"train", "val", "test"}
     assert data["config"]["threads"]["max_context_turns"] == 4
     assert data["timings"]["total"] > 0
+    report = root / "prepared" / "report.png"
+    assert report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report.stat().st_size > 10_000
+    assert "![prepare report](report.png)" in (root / "prepared" / "summary.md").read_text()
