@@ -6,9 +6,15 @@ import os
 
 from karma_ray.config import RayConfig
 
-# Environment every worker needs on a CPU-only or offline machine; values already set by the
-# user (or a job's runtime_env) win.
-_WORKER_ENV_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Environment every worker needs; values already set by the user (or a job's runtime_env) win.
+_WORKER_ENV_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    # Arrow's default jemalloc pool kept freed memory in long-lived workers: one Ray Data shuffle
+    # worker grew to ~2 GiB on 4M comments (0.9 GiB peak per worker with the system allocator,
+    # measured with benchmarks/bench_prepare.py), so corpus-sized runs did not stay flat.
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
+}
 
 
 def init_ray(cfg: RayConfig) -> None:

@@ -382,22 +382,30 @@ FINAL_SCHEMAS = {"example": threads.EXAMPLE_SCHEMA, "pair": threads.PAIR_SCHEMA,
 
 def finish_file(path: str, out_dir: str, kind: str, index: int, stats: dict | None) -> int:
     """Ray task: one staged file -> final Parquet with only `kind`'s columns, split into
-    `split=<name>/` folders (examples and pairs); returns rows written."""
+    `split=<name>/` folders (examples and pairs); returns rows written. Streams record batches,
+    so its memory does not grow with the staged file."""
     import pyarrow.parquet as pq
 
-    t = pq.read_table(path, columns=FINAL_SCHEMAS[kind].names)
-    if kind == "example":
-        t = add_subreddit_z(t, stats or {"__all__": {"mean": 0.0, "std": 1.0}})
-    if kind == "ledger":
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        pq.write_table(t, f"{out_dir}/part-{index:05d}.parquet")
-        return t.num_rows
-    for split in pc.unique(t["split"]).to_pylist():
-        part = t.filter(pc.equal(t["split"], split))
-        folder = Path(out_dir) / f"split={split}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(part, folder / f"part-{index:05d}.parquet")
-    return t.num_rows
+    writers: dict[str, pq.ParquetWriter] = {}
+    rows = 0
+    source = pq.ParquetFile(path)
+    try:
+        for batch in source.iter_batches(batch_size=32_768, columns=FINAL_SCHEMAS[kind].names):
+            t = pa.Table.from_batches([batch])
+            if kind == "example":
+                t = add_subreddit_z(t, stats or {"__all__": {"mean": 0.0, "std": 1.0}})
+            parts = {"": t} if kind == "ledger" else {s: t.filter(pc.equal(t["split"], s)) for s in pc.unique(t["split"]).to_pylist()}
+            for split, part in parts.items():
+                if split not in writers:
+                    folder = Path(out_dir) / (f"split={split}" if split else "")
+                    folder.mkdir(parents=True, exist_ok=True)
+                    writers[split] = pq.ParquetWriter(folder / f"part-{index:05d}.parquet", part.schema)
+                writers[split].write_table(part)
+            rows += t.num_rows
+    finally:
+        for w in writers.values():
+            w.close()
+    return rows
 
 
 def count_rows(folder: Path) -> int:
