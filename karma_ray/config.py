@@ -207,13 +207,14 @@ class PrepareConfig:
     split: SplitConfig = section(SplitConfig, "Deterministic train/val/test split by thread.")
     ray: RayConfig = section(RayConfig, "The Ray cluster the pipeline runs on.")
     shuffle_partitions: int | None = option(
-        None, "Partitions of the group-by-thread shuffle (None: 2 x cluster CPUs, at least 4)."
+        None, "Partitions of the hash shuffle (None: 2 x cluster CPUs, at least 4); the sort shuffle makes one per input block."
     )
     shuffle: Literal["sort", "hash"] = option(
         "sort",
-        "Group-by-thread shuffle. 'sort': Ray Data's sort-based shuffle, blocks live in the object store "
-        "and spill to disk, so memory stays flat as the corpus grows. 'hash': Ray's hash shuffle "
-        "(SHUFFLE_V2), whose aggregator actors hold partitions in heap memory until all input is read.",
+        "Group-by-thread shuffle. 'sort': Ray Data's sort-based shuffle; blocks live in the object store "
+        "and can spill to disk (peak memory grew 1.32x for a 4x corpus, benchmarks/RESULTS.md). "
+        "'hash': Ray's hash shuffle (SHUFFLE_V2), whose aggregator actors hold partitions in heap "
+        "memory until all input is read.",
     )
     rows_per_file: int = option(200_000, "Target rows per output Parquet file.")
 

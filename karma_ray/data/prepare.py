@@ -4,8 +4,8 @@
                      or chunk shard of a big compressed one: decompress, cut newline-aligned
                      chunks, parse, apply record filters; blocks go to the object store
                                                                    (sources.py, records.py)
-    3.   group       Ray Data shuffle by link_id (sort-based by default: spills, so memory stays
-                     flat; or hash), so whole threads meet in one block, across nodes
+    3.   group       Ray Data shuffle by link_id (sort-based by default, its blocks live in the
+                     object store and can spill; or hash), so whole threads meet in one block
     4.   build       Ray Data map over whole blocks: contexts, labels, pairs, ledger  (threads.py)
     5.   stage       Parquet partitioned by output kind
     6.   count       Ray tasks over staged ledger files -> the manifest's counts
@@ -155,9 +155,9 @@ class Manifest:
 
 
 def _accumulate(manifest: Manifest, groups: list[dict]) -> None:
-    """Ledger aggregates (record_kind, outcome, split, count, sums) -> manifest counts."""
+    """Ledger aggregates (`ledger_counts` rows) -> manifest counts."""
     for g in groups:
-        kind, outcome, count = g["record_kind"], g["outcome"], int(g["count()"])
+        kind, outcome, count = g["record_kind"], g["outcome"], int(g["count_all"])
         if kind == records.COMMENT:
             manifest.dropped[outcome] = manifest.dropped.get(outcome, 0) + count
         elif kind == records.MALFORMED_COMMENT:
@@ -174,8 +174,8 @@ def _accumulate(manifest: Manifest, groups: list[dict]) -> None:
             manifest.threads += count
             if outcome == "thread_without_submission":
                 manifest.threads_without_submission += count
-            manifest.dangling_parents += int(g["sum(n_dangling)"] or 0)
-            n_ex, n_pairs = int(g["sum(n_examples)"] or 0), int(g["sum(n_pairs)"] or 0)
+            manifest.dangling_parents += int(g["n_dangling_sum"] or 0)
+            n_ex, n_pairs = int(g["n_examples_sum"] or 0), int(g["n_pairs_sum"] or 0)
             manifest.splits[split] = manifest.splits.get(split, 0) + n_ex
             manifest.pair_splits[split] = manifest.pair_splits.get(split, 0) + n_pairs
     manifest.records_malformed = sum(manifest.malformed.values())
@@ -245,7 +245,6 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
         parts.append(pq.map_batches(parse_parquet_batch, batch_format="pyarrow", fn_kwargs={"filters": cfg.filters}))
     record_ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
-    n_partitions = cfg.shuffle_partitions or max(4, 2 * cpus)
     # 3. group: whole threads must meet in one block. Both strategies give the guarantee Ray's own
     # groupby().map_groups() relies on (ray/data/grouped_data.py, Ray 2.60): after a keyed
     # repartition (hash) or a sort (range partitions), a block holds whole groups. Processing a
@@ -254,6 +253,7 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
         grouped = record_ds.sort("link_id")  # as many range partitions as input blocks
     else:
         # No sort=True: build_block sorts its block by link_id itself.
+        n_partitions = cfg.shuffle_partitions or max(4, 2 * cpus)
         grouped = record_ds.repartition(n_partitions, keys=["link_id"])
     # 4. build
     stage_ds = grouped.map_batches(build_stage_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
@@ -322,18 +322,8 @@ def ledger_counts(path: str) -> dict:
     agg = t.group_by(["record_kind", "outcome", "split"]).aggregate(
         [([], "count_all"), ("n_examples", "sum"), ("n_pairs", "sum"), ("n_dangling", "sum")]
     )
-    groups = [
-        {
-            "record_kind": r["record_kind"],
-            "outcome": r["outcome"],
-            "split": r["split"],
-            "count()": r["count_all"],
-            "sum(n_examples)": r["n_examples_sum"],
-            "sum(n_pairs)": r["n_pairs_sum"],
-            "sum(n_dangling)": r["n_dangling_sum"],
-        }
-        for r in agg.to_pylist()
-    ]
+    # rows: record_kind, outcome, split, count_all, n_examples_sum, n_pairs_sum, n_dangling_sum
+    groups = agg.to_pylist()
     events = t.filter(pc.equal(t["record_kind"], "file_event")).select(["source", "detail"]).to_pylist()
     return {"groups": groups, "truncated": [{"path": e["source"], "error": e["detail"]} for e in events]}
 
