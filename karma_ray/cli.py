@@ -2,6 +2,10 @@
 
     karma synth   --output DIR --comments N [--seed S]
     karma prepare INPUT... --output DIR [--config FILE] [--overwrite] [key=value ...]
+    karma train-rm --data PREPARED --output DIR [--config configs/rm/NAME.yaml] [key=value ...]
+    karma sweep-rm --data PREPARED --output DIR [--config configs/rm/sweep_NAME.yaml] [key=value ...]
+    karma sft      --data PREPARED --output DIR [--config configs/sft/NAME.yaml] [key=value ...]
+    karma ppo      --config configs/ppo/NAME.yaml --output DIR [--resume] [key=value ...]
 
 Everything that can be checked is checked before Ray starts: config keys, types and ranges,
 input paths and formats, the output directory.
@@ -78,7 +82,26 @@ def _cmd_synth(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"prepare": _cmd_prepare, "synth": _cmd_synth}
+# Stages living in their own packages are registered as "module:function" and imported only when
+# run, so `karma --help` stays instant and `import karma_ray.cli` pulls in nothing heavy. Each
+# function takes argv and returns an exit code; config errors exit 2 before Ray starts.
+COMMANDS = {
+    "prepare": _cmd_prepare,
+    "synth": _cmd_synth,
+    "train-rm": "karma_ray.reward.cli:train_rm_main",
+    "sweep-rm": "karma_ray.reward.cli:sweep_rm_main",
+    "sft": "karma_ray.sft.cli:sft_main",
+    "ppo": "karma_ray.rlhf.cli:ppo_main",
+}
+
+
+def _resolve(command):
+    if callable(command):
+        return command
+    module, _, name = command.partition(":")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd not in COMMANDS:
         print(f"karma: unknown command '{cmd}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    return COMMANDS[cmd](rest)
+    return _resolve(COMMANDS[cmd])(rest)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,14 @@ def render_context(
 
 def truncate(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max(max_chars - 1, 0)] + ELLIPSIS
+
+
+# The policy sees a context and writes the next turn as "[user] ...". The reply continues the prompt
+# with a leading space (BPE vocabularies attach the space to the following word, so a prompt must not
+# end with one). SFT, PPO prompts and evaluation all build policy text with these two functions.
+def policy_prompt(context: str) -> str:
+    return f"{context}\n[{USER_ROLE}]" if context else f"[{USER_ROLE}]"
+
+
+def policy_reply(reply: str) -> str:
+    return " " + reply
