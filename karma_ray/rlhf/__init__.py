@@ -1,0 +1,1 @@
+"""PPO on Ray: workers (plain classes), weight sync, placement, and the driver loop."""

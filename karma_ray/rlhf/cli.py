@@ -1,0 +1,103 @@
+"""`karma ppo --config configs/ppo/NAME.yaml --output DIR [--resume] [key=value ...]`
+
+Everything checkable is checked before Ray starts (exit 2): config keys/types/ranges, cross-field
+rules, the policy/reward/prompt paths. `--resume` continues from DIR's newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from karma_ray.config import ConfigError, describe, load_config
+from karma_ray.rlhf.config import PPOConfig
+
+
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def model_reachable(path: str) -> bool:
+    """A local folder, or a hub id that from_pretrained can resolve (cached when offline)."""
+    if Path(path).expanduser().exists():
+        return True
+    if path.startswith((".", "/", "~")) or not _HUB_ID.match(path):
+        return False
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(path, "config.json"), str)
+    return True
+
+
+def check_paths(cfg: PPOConfig) -> None:
+    """Local model folders must exist (hub ids `org/name` are left to from_pretrained)."""
+    from karma_ray.rlhf.prompts import check_prompt_source
+    from karma_ray.rlhf.rules import is_rule, make_rule
+
+    for key, path in (("model.policy", cfg.model.policy), ("model.reference", cfg.model.reference), ("model.critic", cfg.model.critic), ("model.tokenizer", cfg.model.tokenizer)):
+        if path and not model_reachable(path):
+            raise ConfigError(f"{key}: {path} is neither a local folder nor a reachable hub id (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})")
+    for i, spec in enumerate(cfg.reward.models):
+        if is_rule(spec.path):
+            try:
+                make_rule(spec.path)
+            except ValueError as exc:
+                raise ConfigError(f"reward.models[{i}].path: {exc}") from None
+        elif not Path(spec.path).is_dir():
+            raise ConfigError(f"reward.models[{i}].path: {spec.path} is not a reward-model folder")
+    try:
+        check_prompt_source(cfg.prompts)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def ppo_main(argv: Sequence[str]) -> int:
+    from karma_ray.cli import split_overrides
+
+    p = argparse.ArgumentParser(prog="karma ppo", description="PPO against reward models on Ray actors.")
+    p.add_argument("items", nargs="*", help="key=value config overrides")
+    p.add_argument("--config", "-c", help="YAML config (see configs/ppo/)")
+    p.add_argument("--output", "-o", help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --output")
+    p.add_argument("--overwrite", action="store_true", help="start over in an existing run directory")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
+    args = p.parse_intermixed_args(argv)
+    if args.help_config:
+        print("\n".join(describe(PPOConfig)))
+        return 0
+    paths, overrides = split_overrides(args.items)
+    if paths:
+        p.error(f"unexpected arguments {paths} (overrides look like key=value)")
+    if not args.output:
+        p.error("--output is required")
+    out = Path(args.output)
+    try:
+        cfg = load_config(PPOConfig, args.config, overrides)
+        check_paths(cfg)
+        if (out / "metrics.jsonl").exists() and not (args.resume or args.overwrite):
+            raise ConfigError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
+    except ConfigError as exc:
+        print(f"karma ppo: error: {exc}", file=sys.stderr)
+        return 2
+    if args.overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+
+    from karma_ray.rlhf.driver import PPODriver
+
+    driver = PPODriver(cfg, out, resume=args.resume)
+    try:
+        history = driver.fit()
+        final = driver.export_policy()
+    finally:
+        driver.shutdown()
+    last = history[-1] if history else {}
+    print(f"[karma ppo] done: {len(history)} iterations this run; policy -> {final}; metrics -> {out / 'metrics.jsonl'}")
+    if last:
+        print(f"[karma ppo] last: reward_mean={last['reward_mean']:.4f} kl={last['kl']:.4f}")
+    return 0

@@ -1,0 +1,357 @@
+"""The PPO roles as the driver sees them: launched from the config, with typed fan-out calls.
+
+`launch_roles(cfg)` reserves the placement groups (karma_ray.rlhf.placement), starts every actor
+with its resources from the config (nothing hard-coded in a decorator), waits until all are ready,
+and returns `Roles`. Modes are resolved here: a critic-free estimator gets no critic actors and
+`critic_values`/critic `train_step` become no-ops, so the driver's loop has no branches.
+
+Rollout engines and reward models live in `ActorPool`s: an actor that died is relaunched with the
+same options, the engine resynced, and the call retried (bounded by run.max_actor_restarts).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from karma_ray.rlhf.config import PPOConfig
+from karma_ray.rlhf.placement import Placement, RoleRequest, check_fits, create_placement, plan_placement
+from karma_ray.types import Generations, SamplingSettings
+
+
+
+class ActorPool:
+    """N actors made by `launch(i)`; `run(call)` fans a call out and replaces actors that died.
+
+    `call(actor, i)` returns an ObjectRef. When an actor is dead (ActorDiedError / unavailable), it is
+    relaunched, `on_replace(i, actor)` runs (e.g. a weight resync), and its call is retried.
+    """
+
+    def __init__(self, role: str, n: int, launch: Callable[[int], Any], restart_budget: "RestartBudget") -> None:
+        import ray
+
+        self.role = role
+        self.launch = launch
+        self.actors = [launch(i) for i in range(n)]
+        self.budget = restart_budget
+        self.on_replace: Optional[Callable[[int, Any], None]] = None
+        ray.get([a.ready.remote() for a in self.actors])
+
+    def submit(self, call: Callable[[Any, int], Any], indices: Optional[list[int]] = None) -> dict[int, Any]:
+        """Fan out: {actor index: ObjectRef}."""
+        indices = list(range(len(self.actors))) if indices is None else indices
+        return {i: call(self.actors[i], i) for i in indices}
+
+    def collect(self, refs: dict[int, Any], call: Callable[[Any, int], Any]) -> list[Any]:
+        """Results in index order; a dead actor is replaced and its call re-submitted."""
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+        pending, results = dict(refs), {}
+        while pending:
+            i, ref = next(iter(pending.items()))
+            try:
+                results[i] = ray.get(ref)
+                del pending[i]
+            except (ActorDiedError, ActorUnavailableError) as exc:
+                self.replace(i, reason=type(exc).__name__)
+                pending[i] = call(self.actors[i], i)
+        return [results[i] for i in refs]
+
+    def run(self, call: Callable[[Any, int], Any], indices: Optional[list[int]] = None) -> list[Any]:
+        return self.collect(self.submit(call, indices), call)
+
+    def replace(self, i: int, reason: str) -> None:
+        import ray
+
+        self.budget.spend(f"{self.role}[{i}]", reason)
+        try:
+            ray.kill(self.actors[i], no_restart=True)
+        except Exception:  # already gone
+            pass
+        actor = self.launch(i)
+        ray.get(actor.ready.remote())
+        self.actors[i] = actor
+        if self.on_replace is not None:
+            self.on_replace(i, actor)
+
+    def kill(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+
+
+@dataclass
+class RestartBudget:
+    limit: int
+    used: int = 0
+    log: list = field(default_factory=list)
+
+    def spend(self, who: str, reason: str) -> None:
+        if self.used >= self.limit:
+            raise RuntimeError(f"{who} died ({reason}) and the restart budget (run.max_actor_restarts={self.limit}) is spent")
+        self.used += 1
+        self.log.append({"actor": who, "reason": reason, "time": time.time()})
+        print(f"[karma ppo] replacing {who} ({reason}); restarts so far: {self.used}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Launching
+# ------------------------------------------------------------------------------------------------
+
+
+def role_requests(cfg: PPOConfig) -> list[RoleRequest]:
+    reward_actors = len(cfg.reward.models) * cfg.reward.num_actors
+    return [
+        RoleRequest("policy", cfg.policy.num_workers, cfg.policy.cpus_per_worker, cfg.policy.gpus_per_worker),
+        RoleRequest("critic", cfg.critic.num_workers if cfg.algo.uses_critic else 0, cfg.critic.cpus_per_worker, cfg.critic.gpus_per_worker),
+        RoleRequest("reference", 1, cfg.reference.cpus, cfg.reference.gpus),
+        RoleRequest("reward", reward_actors, cfg.reward.cpus_per_actor, cfg.reward.gpus_per_actor),
+        RoleRequest("rollout", cfg.rollout.num_engines, cfg.rollout.cpus_per_engine, cfg.rollout.gpus_per_engine),
+    ]
+
+
+def _worker_env() -> dict:
+    # DeepSpeed must not probe for CUDA on CPU-only workers; vLLM/HF read the same offline flag.
+    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
+    if not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def launch_roles(cfg: PPOConfig, output_dir: Path) -> "Roles":
+    import ray
+
+    from karma_ray.rlhf.group import WorkerGroup
+    from karma_ray.rlhf.workers.critic import CriticWorker
+    from karma_ray.rlhf.workers.policy import PolicyWorker
+    from karma_ray.rlhf.workers.reference import ReferenceWorker
+    from karma_ray.rlhf.workers.reward import RewardWorker
+    from karma_ray.rlhf.workers.rollout import HFRollout, VLLMRollout
+
+    plan = plan_placement(cfg.placement.mode, cfg.placement.strategy, role_requests(cfg))
+    if cfg.ray.address is None and not os.environ.get("RAY_ADDRESS"):
+        # A local cluster cannot grow: say so now rather than waiting for the timeout.
+        problem = check_fits(plan, ray.cluster_resources())
+        if problem:
+            raise RuntimeError(f"the local Ray cluster is too small for this config ({problem})")
+    placement = create_placement(plan, cfg.placement.ready_timeout_s)
+    env = {"env_vars": _worker_env()}
+    restarts = RestartBudget(cfg.run.max_actor_restarts)
+
+    def group(role: str, cls: type, trainer) -> Any:
+        pg, bundles = placement.group_and_bundles(role)
+        return WorkerGroup(
+            cls,
+            num_workers=trainer.num_workers,
+            init_kwargs={"model": cfg.model, "trainer": trainer, "algo": cfg.algo, "seed": cfg.run.seed},
+            num_cpus=trainer.cpus_per_worker,
+            num_gpus=trainer.gpus_per_worker,
+            placement_group=pg,
+            bundle_indices=bundles,
+            runtime_env=env,
+        )
+
+    policy = group("policy", PolicyWorker, cfg.policy)
+    critic = group("critic", CriticWorker, cfg.critic) if cfg.algo.uses_critic else None
+
+    reference = (
+        ray.remote(ReferenceWorker)
+        .options(**placement.options_for("reference", 0), runtime_env=env)
+        .remote(cfg.model, seed=cfg.run.seed, micro_batch_size=cfg.reference.micro_batch_size)
+    )
+
+    engine_cls = VLLMRollout if cfg.rollout.engine == "vllm" else HFRollout
+
+    def launch_engine(i: int) -> Any:
+        return (
+            ray.remote(engine_cls)
+            .options(**placement.options_for("rollout", i), runtime_env=env, max_concurrency=1)
+            .remote(cfg.model.policy, cfg.rollout, seed=cfg.run.seed + i, dtype=cfg.model.dtype)
+        )
+
+    def reward_launcher(model_index: int) -> Callable[[int], Any]:
+        spec = cfg.reward.models[model_index]
+
+        def launch(i: int) -> Any:
+            slot = model_index * cfg.reward.num_actors + i
+            return (
+                ray.remote(RewardWorker)
+                .options(**placement.options_for("reward", slot), runtime_env=env)
+                .remote(spec.path, name=spec.name, batch_size=cfg.reward.batch_size)
+            )
+
+        return launch
+
+    rewards = [ActorPool(f"reward[{m}]", cfg.reward.num_actors, reward_launcher(m), restarts) for m in range(len(cfg.reward.models))]
+    rollout = ActorPool("rollout", cfg.rollout.num_engines, launch_engine, restarts)
+    ray.get([reference.ready.remote()])
+    policy.wait_ready() if hasattr(policy, "wait_ready") else None
+    return Roles(cfg, placement, policy, critic, reference, rewards, rollout, restarts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Typed calls
+# ------------------------------------------------------------------------------------------------
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of n items over `parts` workers, sizes differing by at most one."""
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def merge_generations(parts: list[Generations], offsets: list[int]) -> Generations:
+    out = Generations([], [], [], [], [])
+    for g, off in zip(parts, offsets):
+        out.prompt_ids += g.prompt_ids
+        out.response_ids += g.response_ids
+        out.sampling_logprobs += g.sampling_logprobs
+        out.finished += g.finished
+        out.group += [off + k for k in g.group]
+    return out
+
+
+def _mean_stats(stats: list[dict]) -> dict:
+    keys = {k for s in stats for k in s}
+    return {k: sum(float(s[k]) for s in stats if k in s) / sum(1 for s in stats if k in s) for k in keys}
+
+
+@dataclass
+class Roles:
+    cfg: PPOConfig
+    placement: Placement
+    policy: Any  # WorkerGroup of PolicyWorker
+    critic: Optional[Any]  # WorkerGroup of CriticWorker, None for critic-free estimators
+    reference: Any  # actor handle
+    rewards: list[ActorPool]  # one pool per reward model
+    rollout: ActorPool
+    restarts: RestartBudget
+    _score_calls: dict = field(default_factory=dict)
+
+    # 2 generate
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> Generations:
+        ranges = _split(len(prompt_ids), len(self.rollout.actors))
+        ranges = [(a, b) for a, b in ranges]
+
+        def call(actor, i):
+            a, b = ranges[i]
+            s = SamplingSettings(**{**sampling.__dict__, "seed": None if sampling.seed is None else sampling.seed + i})
+            return actor.generate.remote(prompt_ids[a:b], s)
+
+        nonempty = [i for i, (a, b) in enumerate(ranges) if b > a]
+        parts = self.rollout.run(call, nonempty)
+        return merge_generations(parts, [ranges[i][0] for i in nonempty])
+
+    # 3 score (refs now, results after the fan-out wait)
+    def score_refs(self, contexts: list[str], responses: list[str], metadata: list[dict]) -> list[dict[int, Any]]:
+        out = []
+        for m, pool in enumerate(self.rewards):
+            ranges = _split(len(contexts), len(pool.actors))
+
+            def call(actor, i, ranges=ranges):
+                a, b = ranges[i]
+                return actor.score.remote(contexts[a:b], responses[a:b], metadata[a:b])
+
+            self._score_calls[m] = call
+            out.append(pool.submit(call, [i for i, (a, b) in enumerate(ranges) if b > a]))
+        return out
+
+    def collect_scores(self, refs: list[dict[int, Any]], *_: Any) -> list[torch.Tensor]:
+        """(B,) scores per reward model; dead reward actors are replaced and re-asked."""
+        scores = []
+        for m, pool in enumerate(self.rewards):
+            parts = pool.collect(refs[m], self._score_calls[m])
+            scores.append(torch.cat([p[0] for p in parts]))
+        return scores
+
+    # 4 reference
+    def reference_logprobs(self, seqs_ref: Any) -> Any:
+        return self.reference.logprobs.remote(seqs_ref)
+
+    # 5 values (+ the policy's own logprobs of the sampled tokens)
+    def policy_logprobs(self, seqs_ref: Any) -> list[Any]:
+        return self.policy.call("logprobs", seqs_ref)  # every rank (ZeRO-3 needs all); rank 0's is used
+
+    def critic_values(self, seqs_ref: Any) -> list[Any]:
+        return self.critic.call("values", seqs_ref) if self.critic is not None else []
+
+    @staticmethod
+    def wait_all(score_refs: list[dict[int, Any]], ref_ref: Any, policy_refs: list, value_refs: list) -> dict[str, float]:
+        """Wait for the fanned-out phase; returns seconds until each role's result was ready."""
+        import ray
+
+        start = time.perf_counter()
+        named = {"reference": [ref_ref], "policy_logprobs": list(policy_refs), "values": list(value_refs)}
+        for m, refs in enumerate(score_refs):
+            named[f"score{m}"] = list(refs.values())
+        owner = {r: name for name, refs in named.items() for r in refs}
+        pending, seen = list(owner), {}
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for r in done:
+                seen[owner[r]] = time.perf_counter() - start  # the role's LAST ref decides
+        return seen
+
+    # 7 update
+    def train_step(self, exp_ref: Any, kl_coef: float) -> tuple[dict, dict]:
+        import ray
+
+        p_refs = self.policy.call("train_step", exp_ref, kl_coef=kl_coef)
+        c_refs = self.critic.call("train_step", exp_ref) if self.critic is not None else []
+        results = ray.get(p_refs + c_refs)
+        p, c = results[: len(p_refs)], results[len(p_refs) :]
+        return _mean_stats(p), (_mean_stats(c) if c else {})
+
+    # 8 sync
+    def sync_weights(self, engines: Optional[list] = None) -> dict:
+        from karma_ray.rlhf.weight_sync import sync_weights
+
+        engines = self.rollout.actors if engines is None else engines
+        report = sync_weights(self.policy, engines, self.cfg.rollout.sync_bucket_mib, self.cfg.rollout.sync_timeout_s)
+        return report if isinstance(report, dict) else getattr(report, "__dict__", {})
+
+    # checkpoints
+    def save_checkpoint(self, path: Path) -> None:
+        import ray
+
+        refs = self.policy.call("save_checkpoint", str(path / "policy"))
+        refs += self.policy.call("save_hf", str(path / "policy_hf"))
+        if self.critic is not None:
+            refs += self.critic.call("save_checkpoint", str(path / "critic"))
+        ray.get(refs)
+
+    def load_checkpoint(self, path: Path) -> None:
+        import ray
+
+        refs = self.policy.call("load_checkpoint", str(path / "policy"))
+        if self.critic is not None:
+            refs += self.critic.call("load_checkpoint", str(path / "critic"))
+        ray.get(refs)
+
+    def save_policy_hf(self, path: Path) -> None:
+        import ray
+
+        ray.get(self.policy.call("save_hf", str(path)))
+
+    def shutdown(self) -> None:
+        import ray
+
+        for pool in [self.rollout, *self.rewards]:
+            pool.kill()
+        ray.kill(self.reference, no_restart=True)
+        self.policy.kill()
+        if self.critic is not None:
+            self.critic.kill()
+        self.placement.remove()
