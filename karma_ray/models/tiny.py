@@ -56,13 +56,19 @@ def save_tiny_llama(
     tokenizer,
     hidden_size: int = 64,
     num_layers: int = 2,
-    num_heads: int = 4,
+    num_heads: int = 2,
     intermediate_size: Optional[int] = None,
     max_position_embeddings: int = 1024,
     seed: int = 0,
 ) -> Path:
-    """A random-init LlamaForCausalLM + its tokenizer, saved as safetensors; returns the folder."""
+    """A random-init LlamaForCausalLM + its tokenizer, saved as safetensors; returns the folder.
+
+    vLLM's CPU attention supports head sizes 32, 64, 80, ... only (head_dim 16 fails at the first
+    forward with "Unsupported CPU attention configuration"), hence 2 heads of 32 by default;
+    models only ever run by transformers may use any head size.
+    """
     import torch
+
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(

@@ -189,8 +189,6 @@ class PPODriver:
         return self.history
 
     def iteration(self, step: int) -> dict:
-        import ray
-
         cfg, roles, t = self.cfg, self.roles, PhaseTimer()
         start = time.perf_counter()
 
@@ -211,7 +209,7 @@ class PPODriver:
             gens = roles.generate(prompt_ids, sampling)
             seqs = pack_sequences(gens.prompt_ids, gens.response_ids, self._pad_id)
             mask = seqs.response_mask
-            seqs_ref = ray.put(seqs)
+            seqs_ref = roles.put(seqs)
             rows = [prompts[g] for g in gens.group]
             responses = self.tokenizer.batch_decode(gens.response_ids, skip_special_tokens=True)
 
@@ -222,9 +220,9 @@ class PPODriver:
             value_refs = roles.critic_values(seqs_ref)
             latency = roles.wait_all(score_refs, ref_ref, policy_refs, value_refs)
             per_model_scores = roles.collect_scores(score_refs, [p.context for p in rows], responses, [p.metadata for p in rows])
-            ref_logprobs = ray.get(ref_ref)
-            old_logprobs = ray.get(policy_refs[0])
-            values = ray.get(value_refs[0]) if value_refs else None
+            ref_logprobs = roles.get(ref_ref)
+            old_logprobs = roles.get(policy_refs[0])
+            values = roles.get(value_refs[0]) if value_refs else None
 
         with t("6_advantages"):
             raw = combine_scores(per_model_scores, self.reward_weights)
@@ -242,7 +240,7 @@ class PPODriver:
                 values=values,
                 scores=scores,
             )
-            exp_ref = ray.put(exp)
+            exp_ref = roles.put(exp)
 
         with t("7_update"):
             policy_stats, critic_stats = roles.train_step(exp_ref, kl_coef)

@@ -240,6 +240,19 @@ class Roles:
     restarts: RestartBudget
     _score_calls: dict = field(default_factory=dict)
 
+    # object passing: ObjectRefs between actors (the in-process LocalRoles passes objects)
+    @staticmethod
+    def put(obj: Any) -> Any:
+        import ray
+
+        return ray.put(obj)
+
+    @staticmethod
+    def get(ref: Any) -> Any:
+        import ray
+
+        return ray.get(ref)
+
     # 2 generate
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> Generations:
         ranges = _split(len(prompt_ids), len(self.rollout.actors))
@@ -316,11 +329,18 @@ class Roles:
 
     # 8 sync
     def sync_weights(self, engines: Optional[list] = None) -> dict:
+        """Policy rank 0 streams its weights to the engines. Every other rank runs the same generator
+        at the same time (under ZeRO-3 the full tensors are gathered collectively) and yields nothing."""
         from karma_ray.rlhf.weight_sync import sync_weights
 
         engines = self.rollout.actors if engines is None else engines
-        report = sync_weights(self.policy, engines, self.cfg.rollout.sync_bucket_mib, self.cfg.rollout.sync_timeout_s)
-        return report if isinstance(report, dict) else getattr(report, "__dict__", {})
+        bucket_mib = self.cfg.rollout.sync_bucket_mib
+        others = [a.weight_buckets.options(num_returns="streaming").remote(bucket_mib) for a in self.policy.actors[1:]]
+        report = sync_weights(self.policy.actors[0], engines, bucket_mib, self.cfg.rollout.sync_timeout_s)
+        for stream in others:
+            for _ in stream:  # drains; raises if that rank failed
+                pass
+        return {"seconds": report.total_s, "gather_seconds": report.gather_s, "buckets": report.num_buckets, "bytes": report.bytes}
 
     # checkpoints
     def save_checkpoint(self, path: Path) -> None:

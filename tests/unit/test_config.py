@@ -82,3 +82,14 @@ def test_cli_tells_paths_from_overrides(tmp_path):
     paths, overrides = split_overrides([str(hive), "threads.max_context_turns=3", "RC_2005-12.zst"])
     assert paths == [str(hive), "RC_2005-12.zst"]
     assert overrides == ["threads.max_context_turns=3"]
+
+
+def test_float_fields_accept_exponents_without_a_dot():
+    # YAML 1.1 reads `3e-3` as a string; a learning rate written that way must still work.
+    from karma_ray.rlhf.config import PPOConfig
+
+    base = ["model.policy=p", "prompts.path=x", "reward.models=[{path: 'rule:constant'}]"]
+    cfg = load_config(PPOConfig, None, [*base, "policy.lr=3e-3"])
+    assert cfg.policy.lr == 0.003
+    with pytest.raises(ConfigError, match="policy.lr: expected a number, got 'fast'"):
+        load_config(PPOConfig, None, [*base, "policy.lr=fast"])

@@ -1,0 +1,426 @@
+"""What the DeepSpeed-trained roles (policy, critic) share: process group, engine, PPO update loop,
+full-weight gathering and resumable RNG state.
+
+The roles hold a `ZeroTrainer` (composition, not a base class) and give it a per-micro-batch loss.
+
+How one PPO update is split (the part that makes N workers equal one process):
+every rank receives the SAME full `Experience`, shuffles it with a generator seeded identically on
+all ranks, cuts the same global minibatches of `algo.minibatch_size` rows (`Experience.minibatches`),
+and takes rows rank, rank + N, ... of each (`Experience.shard`). One minibatch = one optimizer step.
+Because every rank sees the whole minibatch, it knows the loss normaliser of the whole minibatch
+(its response-token count for "token-mean", its non-empty sequences for the "seq-mean" modes)
+without a collective, and scales each micro-batch's loss by its share of it
+(`loss_share`): the gradient summed over micro-batches and ranks is then exactly the gradient of
+`karma_ray.algo`'s loss over the whole minibatch, whatever the micro-batch size or worker count.
+(Sharding the batch first and shuffling per rank, as OpenRLHF does, averages per-rank means instead:
+the same only when all ranks have equally many tokens.)
+
+Imports torch and karma_ray.types only; DeepSpeed is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import torch
+
+from karma_ray.types import Experience, SequenceBatch
+
+RNG_FILE = "rng_rank{rank}.pt"
+DS_TAG = "deepspeed"  # the DeepSpeed checkpoint tag: one fixed sub-folder per checkpoint folder
+
+
+# ------------------------------------------------------------------------------------------------
+# Devices, dtypes, the process group
+# ------------------------------------------------------------------------------------------------
+
+
+def resolve_device() -> torch.device:
+    """cuda:0 when a GPU is visible (Ray gives each actor its own CUDA_VISIBLE_DEVICES), else CPU."""
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """ModelConfig.dtype -> torch dtype; fp16 on CPU is refused (no CPU fp16 kernels for training)."""
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(dtypes)}")
+    if name == "float16" and device.type == "cpu":
+        raise ValueError("model.dtype=float16 needs a GPU; use float32 or bfloat16 on CPU")
+    return dtypes[name]
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the usual bind-to-0 trick; the rendezvous binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, device: torch.device) -> None:
+    """Join the role's process group: gloo on CPU, NCCL on GPU, through DeepSpeed's comm layer.
+
+    DeepSpeed reads RANK/WORLD_SIZE/MASTER_*/LOCAL_RANK from the environment (without them it tries
+    MPI discovery), so they are set for this process; LOCAL_RANK is 0 because each Ray actor sees only
+    its own GPU. A process that already joined a group (in-process tests create several workers)
+    keeps it if the world size agrees: torch.distributed can be initialised once per process.
+    """
+    if device.type == "cpu":
+        # Must precede the first `import deepspeed` of the process (it picks its accelerator then).
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if dist.get_world_size() != world_size or dist.get_rank() != rank:
+            raise RuntimeError(
+                f"this process already belongs to a process group (rank {dist.get_rank()} of "
+                f"{dist.get_world_size()}); cannot join as rank {rank} of {world_size}"
+            )
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
+        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
+    )
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    deepspeed.init_distributed(
+        dist_backend="nccl" if device.type == "cuda" else "gloo",
+        auto_mpi_discovery=False,
+        init_method=f"tcp://{master_addr}:{master_port}",
+        rank=rank,
+        world_size=world_size,
+        verbose=False,
+    )
+
+
+def quiet_deepspeed() -> None:
+    """DeepSpeed logs every config key at INFO on each rank; keep warnings only."""
+    import logging
+
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model and optimizer setup
+# ------------------------------------------------------------------------------------------------
+
+
+def disable_dropout(module: torch.nn.Module) -> None:
+    """Zero every dropout, as TRL and OpenRLHF do for PPO: the rollout-time logprobs (computed
+    without dropout) must equal the first training forward's, or the ratio starts away from 1.
+    Covers nn.Dropout modules and float attributes such as Llama's `attention_dropout`."""
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Dropout):
+            sub.p = 0.0
+        for attr, value in list(vars(sub).items()):
+            if "dropout" in attr and isinstance(value, float):
+                setattr(sub, attr, 0.0)
+
+
+def optimizer_param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only, not on biases and norm scales (1-D tensors), the
+    usual transformer recipe (BERT, GPT-2, OpenRLHF's get_optimizer_grouped_parameters)."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def deepspeed_config(
+    zero_stage: int, micro_batch_size: int, grad_accum_steps: int, world_size: int, grad_clip: float, dtype: torch.dtype
+) -> dict[str, Any]:
+    """The DeepSpeed config of a PPO role (everything else at DeepSpeed's defaults)."""
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
+        "train_batch_size": micro_batch_size * grad_accum_steps * world_size,
+        "gradient_clipping": grad_clip,  # 0.0: off
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
+        # torch AdamW instead of DeepSpeed's fused/cpu Adam: no op to JIT-build on CPU (STACK.md),
+        # and the same update rule a plain torch loop uses (the equivalence tests rely on it).
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def micro_plan(minibatch_size: int, world_size: int, micro_batch_size: int) -> tuple[int, int]:
+    """(rows of one minibatch per rank, micro-batches per rank per optimizer step)."""
+    if minibatch_size % world_size:
+        raise ValueError(f"algo.minibatch_size ({minibatch_size}) must be a multiple of the {world_size} workers")
+    rows = minibatch_size // world_size
+    return rows, math.ceil(rows / micro_batch_size)
+
+
+def build_engine(module: torch.nn.Module, trainer, minibatch_size: int, world_size: int, dtype: torch.dtype):
+    """deepspeed.initialize with torch AdamW; returns the engine (module stays fp32 until DeepSpeed
+    casts it for bf16/fp16, which keeps fp32 master weights in the ZeRO optimizer)."""
+    import deepspeed
+
+    rows, micro_steps = micro_plan(minibatch_size, world_size, trainer.micro_batch_size)
+    optimizer = torch.optim.AdamW(optimizer_param_groups(module, trainer.weight_decay), lr=trainer.lr)
+    config = deepspeed_config(
+        trainer.zero_stage, min(trainer.micro_batch_size, rows), micro_steps, world_size, trainer.grad_clip, dtype
+    )
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+    return engine
+
+
+# ------------------------------------------------------------------------------------------------
+# Batches
+# ------------------------------------------------------------------------------------------------
+
+
+def select_rows(batch: SequenceBatch, index: torch.Tensor) -> SequenceBatch:
+    return SequenceBatch(batch.input_ids[index], batch.attention_mask[index], batch.response_mask[index], batch.prompt_len)
+
+
+def sequences_to(batch: SequenceBatch, device: torch.device) -> SequenceBatch:
+    return SequenceBatch(
+        batch.input_ids.to(device), batch.attention_mask.to(device), batch.response_mask.to(device), batch.prompt_len
+    )
+
+
+def experience_to(exp: Experience, device: torch.device) -> Experience:
+    def move(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if x is None else x.to(device)
+
+    return Experience(
+        sequences=sequences_to(exp.sequences, device),
+        old_logprobs=exp.old_logprobs.to(device),
+        ref_logprobs=exp.ref_logprobs.to(device),
+        advantages=exp.advantages.to(device),
+        returns=move(exp.returns),
+        values=move(exp.values),
+        scores=move(exp.scores),
+        info=exp.info,
+    )
+
+
+def row_chunks(n: int, size: int) -> Iterator[torch.Tensor]:
+    """Index tensors of consecutive rows [0, size), [size, 2 size), ... of n rows."""
+    for start in range(0, n, size):
+        yield torch.arange(start, min(start + size, n))
+
+
+def loss_count(mask: torch.Tensor, loss_agg: str) -> float:
+    """What `karma_ray.algo.aggregate_loss` divides by: response tokens ("token-mean") or sequences
+    with at least one response token (the "seq-mean-*" modes)."""
+    if loss_agg == "token-mean":
+        return float((mask != 0).sum())
+    if loss_agg in ("seq-mean-token-sum", "seq-mean-token-mean"):
+        return float((mask != 0).any(dim=-1).sum())
+    raise ValueError(f"unknown loss_agg {loss_agg!r}")
+
+
+def loss_share(part_mask: torch.Tensor, whole_mask: torch.Tensor, loss_agg: str) -> float:
+    """Weight of a micro-batch's aggregated loss in the loss of the whole minibatch it came from:
+    sum over the micro-batches of share * aggregate(part) == aggregate(whole). 0 for an empty part."""
+    whole = loss_count(whole_mask, loss_agg)
+    return loss_count(part_mask, loss_agg) / whole if whole > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# The update loop
+# ------------------------------------------------------------------------------------------------
+
+# A micro-batch loss: (micro-batch on the device) -> (aggregated scalar loss, detached 0-dim metrics).
+MicroLoss = Callable[[Experience], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class ZeroTrainer:
+    """A DeepSpeed engine plus the bookkeeping every trainable role needs.
+
+    `shuffle` is seeded identically on every rank of the role (all ranks must cut the same
+    minibatches); the global torch/python/numpy RNGs are seeded per rank.
+    """
+
+    engine: Any
+    rank: int
+    world_size: int
+    device: torch.device
+    minibatch_size: int
+    micro_batch_size: int
+    loss_agg: str
+    shuffle: torch.Generator
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def train(self, experience: Experience, epochs: int, micro_loss: MicroLoss) -> dict[str, float]:
+        """`epochs` passes of shuffled minibatches, one optimizer step each (see the module docstring).
+
+        Returns the metrics of `micro_loss` averaged over the optimizer steps (each metric is reduced
+        over a minibatch the way the loss is, then averaged over steps; identical on every rank), plus
+        grad_norm (before clipping), lr and steps.
+        """
+        import torch.distributed as dist
+
+        if len(experience) % self.minibatch_size:
+            raise ValueError(
+                f"{len(experience)} sequences do not split into minibatches of {self.minibatch_size} "
+                "(algo.minibatch_size must divide the sequences per iteration)"
+            )
+        rows, micro_steps = micro_plan(self.minibatch_size, self.world_size, self.micro_batch_size)
+        self.module.train()
+        sums: dict[str, torch.Tensor] = {}
+        grad_norms: list[float] = []
+        for _ in range(epochs):
+            for minibatch in experience.minibatches(self.minibatch_size, generator=self.shuffle):
+                whole_mask = minibatch.sequences.response_mask
+                part = minibatch.shard(self.rank, self.world_size)
+                chunks = list(row_chunks(len(part), self.micro_batch_size))
+                assert len(chunks) == micro_steps and len(part) == rows
+                for k, index in enumerate(chunks):
+                    micro = experience_to(part.select(index), self.device)
+                    share = loss_share(micro.sequences.response_mask, whole_mask.to(self.device), self.loss_agg)
+                    # The boundary triggers ZeRO's gradient reduction and the optimizer step.
+                    self.engine.set_gradient_accumulation_boundary(k == len(chunks) - 1)
+                    loss, metrics = micro_loss(micro)
+                    # x world_size: DeepSpeed AVERAGES gradients over ranks, the shares already sum to 1
+                    # over ranks; scale_wrt_gas=False: the shares already do the accumulation average.
+                    self.engine.backward(loss * (share * self.world_size), scale_wrt_gas=False)
+                    self.engine.step()
+                    for name, value in metrics.items():
+                        sums[name] = sums.get(name, 0.0) + share * value.detach().double().cpu()
+                norm = self.engine.get_global_grad_norm()
+                grad_norms.append(float(norm) if norm is not None else float("nan"))
+        steps = len(grad_norms)
+        names = sorted(sums)
+        totals = torch.stack([torch.as_tensor(sums[n], dtype=torch.float64) for n in names]) if names else None
+        if totals is not None and self.world_size > 1:
+            totals = totals.to(self.device)
+            dist.all_reduce(totals)
+        out = {n: float(totals[i]) / steps for i, n in enumerate(names)} if totals is not None else {}
+        out["grad_norm"] = sum(grad_norms) / steps
+        out["lr"] = float(self.engine.optimizer.param_groups[0]["lr"])
+        out["steps"] = float(steps)
+        return out
+
+    # --------------------------------------------------------------------------------------------
+    # Full weights (ZeRO-3 gathers; every rank must iterate in step)
+    # --------------------------------------------------------------------------------------------
+
+    def full_state(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, full CPU tensor) of every parameter and persistent buffer, as `state_dict` names
+        them; a tensor shared under two names (tied embeddings) is yielded once, under its first name.
+        Under ZeRO-3 each parameter is all-gathered, so EVERY rank must run this to the end."""
+        return iter_full_state(self.module, self.engine.zero_optimization_stage() == 3)
+
+    # --------------------------------------------------------------------------------------------
+    # Checkpoints
+    # --------------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, client_state: Optional[dict] = None) -> None:
+        """DeepSpeed checkpoint (module, optimizer and scheduler states, per-rank ZeRO shards) plus
+        this rank's RNG states; all ranks call it with the same path."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.engine.save_checkpoint(str(path), tag=DS_TAG, client_state=client_state or {})
+        torch.save(rng_state(self.shuffle), path / RNG_FILE.format(rank=self.rank))
+
+    def load(self, path: str | os.PathLike) -> dict:
+        """Restore what `save` wrote (same world size); returns the client state."""
+        path = Path(path)
+        rng_path = path / RNG_FILE.format(rank=self.rank)
+        if not rng_path.exists():
+            raise FileNotFoundError(f"{rng_path} missing: not a checkpoint of a role with rank {self.rank}")
+        load_path, client_state = self.engine.load_checkpoint(str(path), tag=DS_TAG)
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {path / DS_TAG}")
+        set_rng_state(torch.load(rng_path, weights_only=True), self.shuffle)
+        return client_state or {}
+
+
+def iter_full_state(module: torch.nn.Module, zero3: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """See `ZeroTrainer.full_state`."""
+    seen: set[int] = set()
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if zero3 and hasattr(tensor, "ds_id"):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
+                full = tensor.detach().to("cpu", copy=True)
+        else:
+            full = tensor.detach().to("cpu", copy=True)
+        yield name, full
+
+
+def iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Group (name, tensor) pairs into dicts of at most `bucket_bytes` (a tensor larger than that
+    is a bucket of its own). A local twin of karma_ray.rlhf.weight_sync.iter_buckets, which was
+    being written in parallel; one of the two should go."""
+    if bucket_bytes < 1:
+        raise ValueError("bucket_bytes must be >= 1")
+    bucket: dict[str, torch.Tensor] = {}
+    size = 0
+    for name, tensor in named_tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = {}, 0
+        bucket[name] = tensor
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+# ------------------------------------------------------------------------------------------------
+# RNG state (exact resume)
+# ------------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(shuffle: torch.Generator) -> dict[str, Any]:
+    """All RNG states of this process as tensors and plain Python values, so `torch.load(...,
+    weights_only=True)` reads them back without unpickling arbitrary objects."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "shuffle": shuffle.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], shuffle: torch.Generator) -> None:
+    import numpy as np
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,45 @@
+"""The frozen reference model: the initial policy (or model.reference), for the KL term's logprobs.
+
+Plain transformers, no DeepSpeed: it only runs no-grad forwards, so there is no optimizer state or
+gradient to shard, and one replica per actor is the simplest correct thing. A reference too large
+for one device would need sharded inference (DeepSpeed ZeRO-3 inference or tensor parallelism):
+not implemented.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from karma_ray.rlhf.config import ModelConfig
+from karma_ray.rlhf.workers.distributed import disable_dropout, resolve_device, resolve_dtype, row_chunks, select_rows, sequences_to
+from karma_ray.rlhf.workers.policy import causal_lm_forward
+from karma_ray.types import SequenceBatch, response_logprobs
+
+
+class ReferenceWorker:
+    def __init__(self, model: ModelConfig, seed: int = 0, micro_batch_size: int = 16) -> None:
+        from karma_ray.models.hf import load_causal_lm
+
+        if micro_batch_size < 1:
+            raise ValueError("micro_batch_size must be >= 1")
+        torch.manual_seed(seed)
+        self.device = resolve_device()
+        dtype = resolve_dtype(model.dtype, self.device)
+        self.micro_batch_size = micro_batch_size
+        source = model.reference or model.policy
+        # Same dtype as the policy's forward, so reference and policy logprobs are comparable.
+        self.module = load_causal_lm(source, dtype=str(dtype).removeprefix("torch."), trust_remote_code=model.trust_remote_code)
+        disable_dropout(self.module)
+        self.module.to(self.device).eval().requires_grad_(False)
+
+    def ready(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
+        """(B, R) logprobs of the response tokens under the reference (0 on padding), float32 on CPU."""
+        out = []
+        for index in row_chunks(len(batch), self.micro_batch_size):
+            micro = sequences_to(select_rows(batch, index), self.device)
+            out.append(response_logprobs(causal_lm_forward(self.module, micro), micro).float().cpu())
+        return torch.cat(out)

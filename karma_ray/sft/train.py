@@ -1,0 +1,538 @@
+"""`karma sft` on Ray Train: data-parallel supervised fine-tuning, checkpoints, resume, export, lineage.
+
+    driver                                   each Ray Train worker (TorchTrainer, Train V2)
+    ------                                   ----------------------------------------------
+    training_set() -> ids (lineage, steps)   SFTLearner: model + AdamW (+ DDP or DeepSpeed ZeRO)
+    read_parquet(split dirs) -> keep_rows    restore the latest checkpoint, if any
+    TorchTrainer(...).fit()         ---->    val loss before; then per step: grad_accum micro-batches
+    copy the final checkpoint's model/       from this worker's shard -> one optimizer step; report
+    write metrics.json, lineage.json         loss + tokens/s every K steps, checkpoint every N steps;
+                                             val loss after; a final checkpoint
+
+Resume: Ray Train V2 restores a run from its storage folder (DIR/ray/sft) when a run of the same name
+is started again; `ray.train.get_checkpoint()` then returns the latest checkpoint in every worker, whose
+trainer_state.json says where the step count and the epoch left off. The same mechanism restarts the
+workers after a failure (train.max_failures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from karma_ray.config import save_resolved, to_dict
+from karma_ray.sft import lineage as lin
+from karma_ray.sft.config import SFTConfig
+from karma_ray.sft.data import ROW_COLUMNS, SFTBatch, SFTDataError, keep_rows, make_batch, reply_nll, split_dirs, training_set, validation_rows
+
+MODEL_DIR = "model"  # inside a checkpoint and inside the run folder: a plain Hugging Face folder
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.pt"
+DEEPSPEED_DIR = "deepspeed"
+RUN_NAME = "sft"
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder already holds a run (pass --resume to continue it)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Step arithmetic and schedule (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+def steps_per_epoch(num_examples: int, num_workers: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one pass. Ray's streaming_split(equal=True) gives every worker
+    floor(n / workers) rows; trailing micro-batches that do not fill an optimizer step are skipped,
+    so every worker takes exactly the same number of steps (DDP and ZeRO collectives stay in step)."""
+    micro_batches = math.ceil((num_examples // num_workers) / batch_size)
+    return micro_batches // grad_accum
+
+
+def total_steps(cfg: SFTConfig, num_examples: int) -> int:
+    per_epoch = steps_per_epoch(num_examples, cfg.scaling.num_workers, cfg.train.batch_size, cfg.train.grad_accum)
+    if per_epoch == 0:
+        raise SFTDataError(
+            f"{num_examples} training examples are too few for one optimizer step of "
+            f"{cfg.scaling.num_workers} workers x {cfg.train.grad_accum} micro-batches"
+        )
+    return cfg.train.max_steps if cfg.train.max_steps is not None else cfg.train.epochs * per_epoch
+
+
+def lr_factor(step: int, warmup_steps: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak lr for the update that follows `step` completed updates."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(max(step - warmup_steps, 0) / max(total - warmup_steps, 1), 1.0)
+    return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer state (persisted in every checkpoint)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch in progress
+    micro_in_epoch: int = 0  # micro-batches of `epoch` consumed (skipped again on resume)
+    examples_seen: int = 0  # all workers
+    tokens_seen: int = 0  # all workers, prompt + reply
+    restarts: int = 0  # times this run was restored from a checkpoint
+    val_before: Optional[dict] = None
+    val_after: Optional[dict] = None
+    history: list = field(default_factory=list)  # one dict per report
+    finished: bool = False
+
+    def write(self, folder: Path) -> None:
+        (folder / TRAINER_STATE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def read(cls, folder: Path) -> "TrainerState":
+        return cls(**json.loads((folder / TRAINER_STATE).read_text()))
+
+
+@dataclass
+class StepStats:
+    """Sums over one optimizer step's micro-batches on one worker."""
+
+    nll_sum: float
+    target_tokens: int
+    tokens: int
+    examples: int
+    grad_norm: float
+    lr: float
+
+
+# ---------------------------------------------------------------------------------------------
+# The learner: one data-parallel replica (plain class: runs in a Ray worker or a test process)
+# ---------------------------------------------------------------------------------------------
+
+
+class SFTLearner:
+    """Model + optimizer of one replica. With torch.distributed initialized (Ray Train does it) the
+    model is wrapped in DDP, or handed to DeepSpeed when deepspeed.zero_stage is 2 or 3."""
+
+    def __init__(self, cfg: SFTConfig, total: int, device: torch.device | str = "cpu"):
+        from karma_ray.models.hf import load_causal_lm, load_tokenizer
+
+        self.cfg = cfg
+        self.total = total
+        self.device = torch.device(device)
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        model = load_causal_lm(cfg.model.path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.to(self.device).train()
+        self.module = model  # the bare HF model (what is saved)
+        opt = cfg.optim
+        optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, opt.warmup_steps, self.total, opt.schedule)
+        )
+        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if self.distributed else 0
+        self.engine = None
+        if cfg.deepspeed.zero_stage:
+            import deepspeed
+
+            # torch AdamW, not DeepSpeed's fused/cpu Adam: no C++ op build (STACK.md), hence the flag.
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config(),
+                dist_init_required=not self.distributed,
+            )
+            self.model = self.engine
+        else:
+            self.optimizer, self.scheduler = optimizer, scheduler
+            self.model = torch.nn.parallel.DistributedDataParallel(model) if self.distributed else model
+
+    def _deepspeed_config(self) -> dict:
+        c = self.cfg
+        zero: dict = {"stage": c.deepspeed.zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
+        if c.deepspeed.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        return {
+            "train_micro_batch_size_per_gpu": c.train.batch_size,
+            "gradient_accumulation_steps": c.train.grad_accum,
+            "gradient_clipping": c.optim.max_grad_norm or 0.0,
+            "zero_optimization": zero,
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": c.model.dtype == "bfloat16"},
+            "fp16": {"enabled": c.model.dtype == "float16"},
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+        }
+
+    def batch(self, contexts: Sequence[str], replies: Sequence[str]) -> SFTBatch:
+        return make_batch(self.tokenizer, contexts, replies, self.cfg.data)
+
+    def _nll(self, model, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of reply-token NLL, reply-token count) of one batch."""
+        ids, attn = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+        logits = model(input_ids=ids, attention_mask=attn).logits  # (B, T, V)
+        nll, mask = reply_nll(logits, SFTBatch(ids, attn, batch.labels.to(self.device)))
+        return nll.sum(), mask.sum()
+
+    def train_step(self, micro_batches: Sequence[SFTBatch]) -> StepStats:
+        """One optimizer step over `grad_accum` micro-batches; each micro-batch's loss is its
+        token-mean reply NLL, averaged over micro-batches (and over workers by DDP/ZeRO)."""
+        nll_total, target_total = 0.0, 0
+        n = len(micro_batches)
+        for i, b in enumerate(micro_batches):
+            if self.engine is not None:
+                nll_sum, count = self._nll(self.engine, b)
+                self.engine.backward(nll_sum / count.clamp(min=1))  # DeepSpeed divides by grad_accum itself
+                self.engine.step()  # steps the optimizer at the accumulation boundary only
+            else:
+                sync = self.distributed and i < n - 1
+                with self.model.no_sync() if sync else contextlib.nullcontext():
+                    nll_sum, count = self._nll(self.model, b)
+                    (nll_sum / count.clamp(min=1) / n).backward()
+            nll_total += float(nll_sum.detach())
+            target_total += int(count)
+        if self.engine is not None:
+            grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
+        else:
+            max_norm = self.cfg.optim.max_grad_norm or float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return StepStats(
+            nll_sum=nll_total,
+            target_tokens=target_total,
+            tokens=sum(b.num_tokens for b in micro_batches),
+            examples=sum(b.input_ids.shape[0] for b in micro_batches),
+            grad_norm=grad_norm,
+            lr=float(self.scheduler.get_last_lr()[0]),
+        )
+
+    @torch.no_grad()
+    def eval_sums(self, contexts: Sequence[str], replies: Sequence[str]) -> tuple[float, int]:
+        """(reply NLL sum, reply tokens) over examples, batch_size at a time, weights unchanged."""
+        model = self.engine if self.engine is not None else self.module
+        was_training = model.training
+        model.eval()
+        nll_total, count_total = 0.0, 0
+        step = self.cfg.train.batch_size
+        for start in range(0, len(contexts), step):
+            nll_sum, count = self._nll(model, self.batch(contexts[start : start + step], replies[start : start + step]))
+            nll_total += float(nll_sum)
+            count_total += int(count)
+        model.train(was_training)
+        return nll_total, count_total
+
+    def save(self, folder: Path, writer: bool) -> None:
+        """HF weights + tokenizer (writer only) and optimizer state into `folder`.
+
+        Under ZeRO-3 the weights are sharded: every rank takes part in gathering them. DeepSpeed's own
+        checkpoint writes each rank's optimizer shard; Ray Train merges the workers' folders."""
+        state_dict = None
+        if self.engine is not None and self.cfg.deepspeed.zero_stage == 3:
+            state_dict = self.engine._zero3_consolidated_16bit_state_dict()
+        if writer:
+            self.module.save_pretrained(folder / MODEL_DIR, safe_serialization=True, state_dict=state_dict)
+            self.tokenizer.save_pretrained(folder / MODEL_DIR)
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag="state", save_latest=False)
+        elif writer:
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, folder / OPTIMIZER_STATE)
+
+    def load(self, folder: Path) -> None:
+        if self.engine is not None:
+            self.engine.load_checkpoint(str(folder / DEEPSPEED_DIR), tag="state")
+            return
+        from safetensors.torch import load_file
+
+        weights = sorted((folder / MODEL_DIR).glob("*.safetensors"))
+        state: dict = {}
+        for w in weights:
+            state.update(load_file(str(w)))
+        missing, unexpected = self.module.load_state_dict(state, strict=False)
+        # tied weights are saved once; anything else missing means a different architecture
+        tied = getattr(self.module, "_tied_weights_keys", None) or ()
+        missing = [k for k in missing if k not in tied]
+        if unexpected or missing:
+            raise RuntimeError(f"checkpoint {folder} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        opt = torch.load(folder / OPTIMIZER_STATE, map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.scheduler.load_state_dict(opt["scheduler"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-worker loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum over workers (on the learner's device: NCCL reduces GPU tensors only)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _val_metrics(learner: SFTLearner, contexts: list[str], replies: list[str], rank: int, world: int) -> Optional[dict]:
+    """Token-mean reply NLL and perplexity over all workers' equal shares of the validation rows."""
+    if not contexts:
+        return None
+    nll, count = learner.eval_sums(contexts[rank::world], replies[rank::world])
+    nll, count = _all_reduce_sum([nll, float(count)], learner.device)
+    loss = nll / max(count, 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "examples": len(contexts), "tokens": int(count)}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    cfg: SFTConfig = config["cfg"]
+    total: int = config["total_steps"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.train.seed + rank)
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    if cfg.scaling.use_gpu:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    else:
+        device = torch.device("cpu")
+    learner = SFTLearner(cfg, total, device)
+    state = TrainerState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = TrainerState.read(Path(folder))
+            learner.load(Path(folder))
+        state.restarts += 1
+        state.finished = False
+        if rank == 0:
+            print(f"[sft] resumed from {checkpoint.path} at step {state.step} (epoch {state.epoch})", flush=True)
+    val_contexts, val_replies = config["val_contexts"], config["val_replies"]
+    if state.val_before is None:
+        state.val_before = _val_metrics(learner, val_contexts, val_replies, rank, world)
+        if rank == 0 and state.val_before:
+            print(f"[sft] val loss before {state.val_before['loss']:.4f} (ppl {state.val_before['perplexity']:.1f})", flush=True)
+
+    def report(metrics: dict, with_checkpoint: bool, final: bool = False) -> None:
+        name = f"checkpoint_{state.step:06d}" + (f"_r{state.restarts}" if state.restarts else "") + ("_final" if final else "")
+        if not with_checkpoint:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            learner.save(folder, writer=rank == 0)
+            if rank == 0:
+                state.write(folder)
+            has_files = any(folder.iterdir())
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None, checkpoint_dir_name=name)
+
+    shard = ray.train.get_dataset_shard("train")
+    accum = cfg.train.grad_accum
+    window = [0.0, 0.0, 0.0, 0.0]  # nll_sum, target tokens, tokens, examples since the last report
+    window_start = time.perf_counter()
+    last = None
+    epoch = state.epoch
+    while state.step < total and (cfg.train.max_steps is not None or epoch < cfg.train.epochs):
+        rows_iter = shard.iter_batches(
+            batch_size=cfg.train.batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+            local_shuffle_seed=(cfg.train.seed * 1_000_003 + epoch * 1009 + rank) if cfg.data.shuffle_buffer else None,
+        )
+        pending: list[SFTBatch] = []
+        for micro_index, rows in enumerate(rows_iter):
+            if micro_index < state.micro_in_epoch:  # consumed before the checkpoint this run resumed from
+                continue
+            pending.append(learner.batch(list(rows["context"]), list(rows["reply"])))
+            if len(pending) < accum:
+                continue
+            last = learner.train_step(pending)
+            pending = []
+            state.step += 1
+            state.micro_in_epoch = micro_index + 1
+            for i, v in enumerate((last.nll_sum, last.target_tokens, last.tokens, last.examples)):
+                window[i] += v
+            do_log = state.step % cfg.train.log_every_steps == 0 or state.step == total
+            do_checkpoint = state.step % cfg.train.checkpoint_every_steps == 0 and state.step < total
+            if do_log or do_checkpoint:
+                nll, targets, tokens, examples = _all_reduce_sum(window, learner.device)
+                elapsed = time.perf_counter() - window_start
+                state.examples_seen += int(examples)
+                state.tokens_seen += int(tokens)
+                metrics = {
+                    "step": state.step, "epoch": epoch, "loss": nll / max(targets, 1.0), "lr": last.lr,
+                    "grad_norm": last.grad_norm, "tokens_per_s": tokens / max(elapsed, 1e-9),
+                    "examples_seen": state.examples_seen,
+                }
+                state.history.append(metrics)
+                if rank == 0:
+                    print(
+                        f"[sft] step {state.step}/{total} epoch {epoch} loss {metrics['loss']:.4f} "
+                        f"lr {last.lr:.2e} {metrics['tokens_per_s']:,.0f} tok/s",
+                        flush=True,
+                    )
+                report(metrics, with_checkpoint=do_checkpoint)
+                window = [0.0, 0.0, 0.0, 0.0]
+                window_start = time.perf_counter()
+            if state.step >= total:
+                break
+        if state.step >= total:
+            break
+        epoch += 1
+        state.epoch, state.micro_in_epoch = epoch, 0
+
+    state.val_after = _val_metrics(learner, val_contexts, val_replies, rank, world)
+    state.finished = True
+    final_metrics = {"step": state.step, "epoch": state.epoch, "examples_seen": state.examples_seen}
+    if state.val_after:
+        final_metrics |= {"val_loss": state.val_after["loss"], "val_perplexity": state.val_after["perplexity"]}
+        if rank == 0:
+            print(f"[sft] val loss after {state.val_after['loss']:.4f} (ppl {state.val_after['perplexity']:.1f})", flush=True)
+    report(final_metrics, with_checkpoint=True, final=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    output: Path
+    model_dir: Path
+    steps: int
+    num_examples: int
+    val_loss_before: Optional[float]
+    val_loss_after: Optional[float]
+
+
+def check_output(output: str | os.PathLike, resume: bool) -> Path:
+    out = Path(output)
+    run = out / "ray" / RUN_NAME
+    if resume:
+        if not run.is_dir():
+            raise OutputExistsError(f"--resume: no run to resume in {out} (expected {run})")
+    elif out.exists() and any(out.iterdir()):
+        raise OutputExistsError(f"{out} is not empty; pass --resume to continue the run in it, or choose a new --output")
+    return out
+
+
+def check_model(path: str) -> None:
+    """A local model folder must hold config.json; a name that is not a folder must read as a hub id."""
+    p = Path(path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise SFTDataError(f"model.path {path} is not a Hugging Face model folder (no config.json)")
+    elif path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise SFTDataError(f"model.path {path} does not exist")
+
+
+def check_cluster_cpus(cfg: SFTConfig, cluster_cpus: float) -> None:
+    """Ray Train workers hold their CPUs for the whole run; Ray Data's read tasks need some left over,
+    else training waits forever for its first batch (seen on a 2-CPU cluster with 2 one-CPU workers)."""
+    workers = 0.0 if cfg.scaling.use_gpu else cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    if workers + cfg.data.read_cpus > cluster_cpus:
+        raise SFTDataError(
+            f"the cluster has {cluster_cpus:g} CPUs; {cfg.scaling.num_workers} workers x {cfg.scaling.cpus_per_worker:g} "
+            f"CPUs + data.read_cpus {cfg.data.read_cpus:g} do not fit (lower scaling.cpus_per_worker, e.g. 0.5)"
+        )
+
+
+def run_sft(prepared_dir: str | os.PathLike, output: str | os.PathLike, cfg: SFTConfig, resume: bool = False) -> SFTResult:
+    """Check inputs, train on Ray, export DIR/model + metrics.json + lineage.json. Everything that can
+    fail on bad input fails before Ray starts."""
+    out = check_output(output, resume)
+    lin.manifest_file(prepared_dir)
+    check_model(cfg.model.path)
+    train_dirs = split_dirs(prepared_dir, cfg.data.splits)
+    train_set = training_set(prepared_dir, cfg.data)
+    val_contexts, val_replies = validation_rows(prepared_dir, cfg.data, cfg.scaling.num_workers)
+    total = total_steps(cfg, len(train_set.ids))
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    print(f"[sft] {len(train_set.ids):,} training examples from splits {list(cfg.data.splits)}; {total} optimizer steps; "
+          f"{len(val_contexts)} validation examples", flush=True)
+
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from karma_ray.ray_utils import init_ray
+
+    init_ray(cfg.ray)
+    check_cluster_cpus(cfg, ray.cluster_resources().get("CPU", 0.0))
+    dataset = ray.data.read_parquet([str(d) for d in train_dirs], columns=ROW_COLUMNS, num_cpus=cfg.data.read_cpus).map_batches(
+        keep_rows, batch_format="pyarrow", fn_kwargs={"cfg": cfg.data, "max_id": train_set.max_id}, num_cpus=cfg.data.read_cpus
+    )
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if cfg.deepspeed.zero_stage and not cfg.scaling.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on CPU with gloo (STACK.md)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "total_steps": total, "val_contexts": val_contexts, "val_replies": val_replies},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str((out / "ray").resolve()),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            worker_runtime_env={"env_vars": env},
+        ),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("SFT finished without a checkpoint")
+    return export(result.checkpoint, out, prepared_dir, cfg, train_set.ids)
+
+
+def export(checkpoint, out: Path, prepared_dir: str | os.PathLike, cfg: SFTConfig, ids: list[str]) -> SFTResult:
+    """Final checkpoint -> DIR/model (HF folder: safetensors, config, tokenizer, lineage.json),
+    DIR/metrics.json, DIR/lineage.json and the trained-on ids."""
+    model_dir = out / MODEL_DIR
+    with checkpoint.as_directory() as folder:
+        state = TrainerState.read(Path(folder))
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        shutil.copytree(Path(folder) / MODEL_DIR, model_dir)
+    ids_file = lin.write_example_ids(ids, out / lin.IDS_FILE)
+    shutil.copy2(ids_file, model_dir / lin.IDS_FILE)
+    base = cfg.model.path
+    base_ref = str(Path(base).resolve()) if Path(base).exists() else base
+    stage = lin.data_stage(
+        "sft", base_ref, prepared_dir, cfg.data.splits, ids, to_dict(cfg),
+        example_ids_file=str(ids_file.resolve()), steps=state.step, examples_seen=state.examples_seen,
+        filters={"min_score": cfg.data.min_score, "min_sibling_percentile": cfg.data.min_sibling_percentile,
+                 "max_examples": cfg.data.max_examples},
+    )
+    lineage = lin.extend_lineage(base, stage, model_dir)
+    lin.write_lineage(lineage, model_dir)
+    lin.write_lineage(lineage, out)
+    metrics = {
+        "steps": state.step, "epochs_started": state.epoch + 1, "examples_seen": state.examples_seen,
+        "tokens_seen": state.tokens_seen, "num_train_examples": len(ids), "restarts": state.restarts,
+        "val_before": state.val_before, "val_after": state.val_after, "train_curve": state.history,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    before = state.val_before["loss"] if state.val_before else None
+    after = state.val_after["loss"] if state.val_after else None
+    print(f"[sft] exported {model_dir} ({state.step} steps); val loss {before} -> {after}", flush=True)
+    return SFTResult(out, model_dir, state.step, len(ids), before, after)
