@@ -258,6 +258,8 @@ class PPOConfig:
             raise ConfigError(f"algo.minibatch_size ({self.algo.minibatch_size}) must divide the sequences per iteration ({n})")
         if self.algo.minibatch_size % self.policy.num_workers:
             raise ConfigError("algo.minibatch_size must be a multiple of policy.num_workers")
+        if self.algo.uses_critic and self.algo.minibatch_size % self.critic.num_workers:
+            raise ConfigError("algo.minibatch_size must be a multiple of critic.num_workers")
         if self.algo.estimator in ("grpo", "rloo") and self.run.samples_per_prompt < 2:
             raise ConfigError(f"algo.estimator={self.algo.estimator} needs run.samples_per_prompt >= 2 (groups)")
         if self.rollout.max_new_tokens + self.prompts.max_prompt_tokens > self.rollout.max_model_len:

@@ -130,7 +130,12 @@ def sampling_seed(run_seed: int, step: int) -> int:
 
 
 class PPODriver:
-    def __init__(self, cfg: PPOConfig, output_dir: str | os.PathLike, resume: bool = False) -> None:
+    def __init__(self, cfg: PPOConfig, output_dir: str | os.PathLike, resume: bool = False, backend: str = "ray") -> None:
+        """backend 'ray': every role an actor (the real thing); 'local': the same worker classes in
+        this process (karma_ray.rlhf.local), for measuring orchestration overhead and debugging."""
+        if backend not in ("ray", "local"):
+            raise ValueError(f"backend must be 'ray' or 'local', not {backend!r}")
+        self.backend = backend
         self.cfg = cfg
         self.output_dir = Path(output_dir)
         self.resume = resume
@@ -140,8 +145,6 @@ class PPODriver:
 
     # -------------------------------------------------------------- setup: every mode resolved here
     def _setup(self) -> None:
-        import ray
-
         from karma_ray.models.hf import load_tokenizer
         from karma_ray.ray_utils import init_ray
         from karma_ray.rlhf.roles import launch_roles
@@ -167,8 +170,13 @@ class PPODriver:
         self.reward_weights = [spec.weight for spec in cfg.reward.models]
         self.reward_names = [spec.name or Path(spec.path).name or spec.path for spec in cfg.reward.models]
 
-        init_ray(cfg.ray)
-        self.roles = launch_roles(cfg, self.output_dir)  # placement groups + all actors, ready
+        if self.backend == "ray":
+            init_ray(cfg.ray)
+            self.roles = launch_roles(cfg, self.output_dir)  # placement groups + all actors, ready
+        else:
+            from karma_ray.rlhf.local import launch_local_roles
+
+            self.roles = launch_local_roles(cfg)
         self.roles.rollout.on_replace = self._resync_engine
         self.logger = MetricsLogger(self.output_dir, cfg.run, total=cfg.run.iterations)
 
@@ -176,7 +184,6 @@ class PPODriver:
             self._load_checkpoint()
         self._pad_id = self.tokenizer.pad_token_id
         self._eos_id = self.tokenizer.eos_token_id
-        del ray
 
     # -------------------------------------------------------------------------------- the loop
     def fit(self, on_iteration_end: Optional[Callable[["PPODriver", dict], None]] = None) -> list[dict]:
@@ -357,8 +364,28 @@ class PPODriver:
         print(f"[karma ppo] resumed from {path} at step {self.state.step}", flush=True)
 
     def export_policy(self, path: Optional[Path] = None) -> Path:
+        """The trained policy as an HF folder, with its lineage: the initial policy's chain plus this
+        run's prompts (a prepared corpus counts as exposure to that corpus; a prompt file does not)."""
+        from karma_ray.config import to_dict
+        from karma_ray.sft.lineage import data_stage, extend_lineage, file_sha256, json_digest, write_lineage
+
         path = path or self.output_dir / "policy"
         self.roles.save_policy_hf(path)
+        p = self.cfg.prompts
+        if p.source == "prepared":
+            ids = [x.source_id for x in self.prompts if x.source_id is not None]
+            stage = data_stage("ppo", self.cfg.model.policy, p.path, [p.split], ids, to_dict(self.cfg), iterations=self.state.step)
+        else:
+            stage = {
+                "stage": "ppo",
+                "base_model": self.cfg.model.policy,
+                "data": str(Path(p.path).resolve()),
+                "prompt_file_sha256": file_sha256(p.path),
+                "num_examples": len(self.prompts),
+                "config_sha256": json_digest(to_dict(self.cfg)),
+                "iterations": self.state.step,
+            }
+        write_lineage(extend_lineage(self.cfg.model.policy, stage, path), path)
         return path
 
     def shutdown(self) -> None:

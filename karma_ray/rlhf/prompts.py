@@ -30,6 +30,7 @@ class Prompt:
     context: str  # what reward models see as the conversational context
     text: str  # what the policy sees (policy_prompt(context) when rendering)
     metadata: dict = field(default_factory=dict)
+    source_id: Optional[str] = None  # the prepared example's id (recorded in the policy's lineage)
 
 
 def load_prompts(cfg: PromptConfig) -> list[Prompt]:
@@ -38,6 +39,7 @@ def load_prompts(cfg: PromptConfig) -> list[Prompt]:
         rows = _read_prepared(path, cfg.split)
         contexts = [r["context"] or "" for r in rows]
         metas = [{k: r.get(k) for k in PROMPT_METADATA_COLUMNS if k in r} for r in rows]
+        ids = [r.get("id") for r in rows]
     else:
         rows = _read_prompt_file(path)
         missing = sum(1 for r in rows if not isinstance(r.get(cfg.field), str))
@@ -48,7 +50,8 @@ def load_prompts(cfg: PromptConfig) -> list[Prompt]:
             raise PromptError(f"{path}: {missing} of {len(rows)} rows lack a string {cfg.field!r}")
         contexts = [r[cfg.field] for r in rows]
         metas = [{} for _ in rows]
-    prompts = [Prompt(c, policy_prompt(c) if cfg.render else c, m) for c, m in zip(contexts, metas)]
+        ids = [None for _ in rows]
+    prompts = [Prompt(c, policy_prompt(c) if cfg.render else c, m, i) for c, m, i in zip(contexts, metas, ids)]
     if cfg.max_prompts is not None:
         prompts = prompts[: cfg.max_prompts]
     if not prompts:
@@ -76,7 +79,7 @@ def _read_prepared(path: Path, split: str) -> list[dict]:
     files = sorted(split_dir.glob("*.parquet"))
     if not files:
         raise PromptError(f"no parquet files in {split_dir}")
-    columns = ["context", *PROMPT_METADATA_COLUMNS]
+    columns = ["id", "context", *PROMPT_METADATA_COLUMNS]
     rows: list[dict] = []
     for f in files:
         table = pq.read_table(f)
