@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from karma_ray.rlhf.config import PPOConfig
 
     data_cfg = load_config(PrepareConfig, DEMO_DATA_CONFIG)
-    rm_cfg = load_config(RewardModelConfig, DEMO_RM_CONFIG, [f"model.backbone={out / 'models' / 'rm_backbone'}", "train.epochs=2"])
+    rm_cfg = load_config(RewardModelConfig, DEMO_RM_CONFIG, [f"model.backbone={out / 'models' / 'rm_backbone'}", "train.epochs=2", "scaling.cpus_per_worker=1", "train.threads_per_worker=2", "train.max_train_examples=5000", "model.max_length=128"])
     ppo_overrides = [
         f"model.policy={out / 'models' / 'policy'}",
         f"reward.models=[{{path: '{out / 'rm' / 'text' / 'model'}', name: karma_text}}]",

@@ -289,15 +289,15 @@ class PPODriver:
                 **{f"latency/{k}": v for k, v in latency.items()},
             }
             self.state.step = step
-            if self._checkpoint_due(step):
-                with t("9_checkpoint"):
-                    self.save_checkpoint(step)
-            total = time.perf_counter() - start
-            metrics.update({f"time/{k}": v for k, v in t.seconds.items()})
-            metrics["time/iteration"] = total
-            metrics["tokens_per_s"] = n_tokens / total
-            metrics["generate_tokens_per_s"] = n_tokens / max(t.seconds["2_generate"], 1e-9)
-            self.logger.log(metrics)
+        if self._checkpoint_due(step):
+            with t("9_checkpoint"):
+                self.save_checkpoint(step)
+        total = time.perf_counter() - start
+        metrics.update({f"time/{k}": v for k, v in t.seconds.items()})
+        metrics["time/iteration"] = total
+        metrics["tokens_per_s"] = n_tokens / total
+        metrics["generate_tokens_per_s"] = n_tokens / max(t.seconds["2_generate"], 1e-9)
+        self.logger.log(metrics)
         return metrics
 
     # ------------------------------------------------------------------------------- pieces
