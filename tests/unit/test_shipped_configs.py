@@ -10,7 +10,24 @@ from karma_ray.config import PrepareConfig, load_config
 from karma_ray.rlhf.config import PPOConfig
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_CLASSES = {"data": PrepareConfig, "ppo": PPOConfig}
+
+def config_class(stage: str, name: str):
+    """(class, overrides that fill the paths a file leaves to the command line)."""
+    if stage == "data":
+        return PrepareConfig, []
+    if stage == "ppo":
+        return PPOConfig, []
+    if stage == "rm":
+        from karma_ray.reward.config import RewardModelConfig, SweepConfig
+
+        if name.startswith("sweep"):
+            return SweepConfig, ["rm.model.backbone=some/backbone"]
+        return RewardModelConfig, ["model.backbone=some/backbone"]
+    if stage == "sft":
+        from karma_ray.sft.config import SFTConfig
+
+        return SFTConfig, []
+    return None, []
 
 
 def _stage_configs():
@@ -23,10 +40,10 @@ def _stage_configs():
 def test_stage_config_starts_with_its_command_and_validates(stage, path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and any(w in first for w in ("karma ", "python -m jobs.", "ray job submit")), first
-    cls = CONFIG_CLASSES.get(stage)
+    cls, overrides = config_class(stage, path.name)
     if cls is None:
         pytest.skip(f"no config class registered here for configs/{stage}")
-    load_config(cls, path)  # raises ConfigError on any unknown key, wrong type or broken rule
+    load_config(cls, path, overrides)  # raises ConfigError on any unknown key, wrong type or broken rule
 
 
 def _dashboard_hosts(node):
