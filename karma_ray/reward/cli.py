@@ -1,0 +1,102 @@
+"""`karma train-rm` and `karma sweep-rm` (registered in karma_ray/cli.py).
+
+    karma train-rm --data PREPARED --output DIR [--config configs/rm/NAME.yaml] [--resume] [key=value ...]
+    karma sweep-rm --data PREPARED --output DIR [--config configs/rm/sweep_NAME.yaml] [key=value ...]
+
+Config, input and output-folder errors exit 2 before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from karma_ray.config import ConfigError, describe, load_config
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. train.lr=1e-4)")
+    p.add_argument("--data", "-d", help="prepared corpus folder (output of `karma prepare`)")
+    p.add_argument("--output", "-o", help="output folder")
+    p.add_argument("--config", "-c", help="YAML config (see configs/rm/)")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
+    return p
+
+
+def train_rm_main(argv: Sequence[str]) -> int:
+    from karma_ray.reward.config import RewardModelConfig
+
+    p = _parser("karma train-rm", "Train a karma reward model with Ray Train (TorchTrainer).")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run in --output")
+    args = p.parse_intermixed_args(argv)
+    if args.help_config:
+        print("\n".join(describe(RewardModelConfig)))
+        return 0
+    if not args.data or not args.output:
+        p.error("--data and --output are required")
+    from karma_ray.reward.data import DataError, check_prepared
+    from karma_ray.reward.train import OutputExistsError, prepare_output, run_train_rm
+
+    ray_was_running = _ray_running()
+    try:
+        cfg = load_config(RewardModelConfig, args.config, args.overrides)
+        check_prepared(args.data, need_pairs=cfg.loss.pairwise_on and cfg.input.variant not in ("random", "constant"))
+        if not args.resume and not args.overwrite:
+            prepare_output(args.output, resume=False)  # refuse a used folder before Ray starts
+        metrics = run_train_rm(cfg, args.data, args.output, resume=args.resume, overwrite=args.overwrite)
+    except (ConfigError, DataError, OutputExistsError) as exc:
+        print(f"karma train-rm: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if not ray_was_running:  # leave a cluster we joined (a test session's, a notebook's) alone
+            _shutdown_ray()
+    print(json.dumps({split: {k: v for k, v in m.items() if k != "by_subreddit"} for split, m in metrics.items()}, indent=2))
+    print(f"model: {args.output}/model  metrics: {args.output}/metrics.json")
+    return 0
+
+
+def sweep_rm_main(argv: Sequence[str]) -> int:
+    from karma_ray.reward.config import SweepConfig
+
+    p = _parser("karma sweep-rm", "Ray Tune sweep over reward-model variant x loss x learning rate (ASHA).")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous sweep in --output")
+    args = p.parse_intermixed_args(argv)
+    if args.help_config:
+        print("\n".join(describe(SweepConfig)))
+        return 0
+    if not args.data or not args.output:
+        p.error("--data and --output are required")
+    from karma_ray.reward.data import DataError, check_prepared
+    from karma_ray.reward.sweep import SweepExistsError, check_sweep_output, render_table, run_sweep
+
+    ray_was_running = _ray_running()
+    try:
+        cfg = load_config(SweepConfig, args.config, args.overrides)
+        check_prepared(args.data, need_pairs=any(x.endswith("bt") for x in cfg.search.losses))
+        check_sweep_output(args.output, args.overwrite)
+        table = run_sweep(cfg, args.data, args.output, overwrite=args.overwrite)
+    except (ConfigError, DataError, SweepExistsError) as exc:
+        print(f"karma sweep-rm: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if not ray_was_running:  # leave a cluster we joined (a test session's, a notebook's) alone
+            _shutdown_ray()
+    print(render_table(table))
+    print(f"results: {args.output}/results.csv  best models: {args.output}/best/<variant>")
+    return 0
+
+
+def _ray_running() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def _shutdown_ray() -> None:
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()

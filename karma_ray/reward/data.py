@@ -1,0 +1,147 @@
+"""Reading a prepared corpus for reward-model training and evaluation.
+
+- TRAIN statistics (target mean/std, metadata feature mean/std) come from the train split's numeric
+  columns only (pyarrow column projection: no text is read on the driver).
+- Ray Data reads the Parquet for the workers: `train` examples (split across workers), `train_pairs`
+  (sibling pairs with each side's metadata attached, split across workers) and `val` examples (every
+  worker gets all of them and scores its share). The datasets are materialized in the object store
+  before training (see `ray_datasets`); each worker holds its shard in memory.
+- The final val/test metrics are computed on the driver by scoring the EXPORTED model folder with
+  RewardScorer, so the reported numbers are those of the artifact PPO will load.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from karma_ray.reward.config import META_VARIANTS, METADATA_FIELDS, RewardModelConfig
+from karma_ray.reward.inputs import FeatureSpec, TargetSpec
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """The prepared corpus is missing or lacks what the config asks for."""
+
+
+def split_dir(data: str | os.PathLike, kind: str, split: str) -> Path:
+    return Path(data) / kind / f"split={split}"
+
+
+def check_prepared(data: str | os.PathLike, need_pairs: bool) -> None:
+    """Fail before Ray starts when the folder is not a prepared corpus."""
+    d = Path(data)
+    if not (d / "manifest.json").is_file():
+        raise DataError(f"{d}: no manifest.json (not a `karma prepare` output)")
+    for split in SPLITS:
+        if not any(split_dir(d, "examples", split).glob("*.parquet")):
+            raise DataError(f"{d}: no Parquet files in {split_dir(d, 'examples', split)}")
+    if need_pairs and not any(split_dir(d, "pairs", "train").glob("*.parquet")):
+        raise DataError(f"{d}: the pairwise loss needs sibling pairs, but {split_dir(d, 'pairs', 'train')} is empty")
+
+
+def metadata_columns(cfg: RewardModelConfig) -> list[str]:
+    return [f for f in cfg.input.features if f in METADATA_FIELDS] if cfg.input.variant in META_VARIANTS else []
+
+
+def example_columns(cfg: RewardModelConfig) -> list[str]:
+    """Columns the workers and the evaluation read from examples."""
+    cols = ["id", "subreddit", "context", "reply", cfg.target.column, *metadata_columns(cfg)]
+    return list(dict.fromkeys(cols))
+
+
+def read_table(data: str | os.PathLike, kind: str, split: str, columns: Sequence[str] | None = None) -> pa.Table:
+    return pads.dataset(str(split_dir(data, kind, split)), format="parquet").to_table(columns=list(columns) if columns else None)
+
+
+def fit_specs(data: str | os.PathLike, cfg: RewardModelConfig) -> tuple[TargetSpec, FeatureSpec | None]:
+    """Target and feature standardization from the TRAIN split."""
+    meta_cols = metadata_columns(cfg)
+    t = read_table(data, "examples", "train", list(dict.fromkeys([cfg.target.column, *meta_cols])))
+    if cfg.train.max_train_examples is not None:
+        t = t.slice(0, cfg.train.max_train_examples)
+    target = TargetSpec.fit(cfg.target.column, t[cfg.target.column].to_pylist())
+    features = None
+    if cfg.input.variant in META_VARIANTS:
+        cols = {c: t[c].to_pylist() for c in meta_cols}
+        features = FeatureSpec.fit(cols, t.num_rows, cfg.input.features, cfg.model.subreddit_buckets)
+    return target, features
+
+
+def side_metadata_table(data: str | os.PathLike, split: str, fields: Sequence[str]) -> pa.Table:
+    """id + metadata columns of a split's examples, for attaching each pair side's metadata."""
+    return read_table(data, "examples", split, ["id", *[f for f in fields if f != "subreddit"]])
+
+
+def attach_side_metadata(batch: pa.Table, side_table: pa.Table) -> pa.Table:
+    """Pair rows + `chosen__<field>` / `rejected__<field>` metadata (a hash join on the example id).
+
+    A pair whose side has no example row keeps null metadata (standardized to the training mean later).
+    """
+    out = batch
+    for side in ("chosen", "rejected"):
+        renamed = side_table.rename_columns([f"{side}_id" if c == "id" else f"{side}__{c}" for c in side_table.column_names])
+        out = out.join(renamed, keys=f"{side}_id", join_type="left outer")
+    return out
+
+
+def ray_datasets(data: str | os.PathLike, cfg: RewardModelConfig, materialize: bool = True) -> dict[str, Any]:
+    """Ray Datasets for the TorchTrainer (see the module docstring); `materialize=False` leaves them lazy."""
+    import ray.data
+
+    cols = example_columns(cfg)
+    train = ray.data.read_parquet(str(split_dir(data, "examples", "train"))).select_columns(cols)
+    if cfg.train.max_train_examples is not None:
+        train = train.limit(cfg.train.max_train_examples)
+    datasets = {"train": train, "val": ray.data.read_parquet(str(split_dir(data, "examples", "val"))).select_columns(cols)}
+    if cfg.loss.pairwise_on and cfg.input.variant not in ("random", "constant"):
+        pair_cols = ["chosen_id", "rejected_id", "context", "chosen", "rejected", "subreddit"]
+        pairs = ray.data.read_parquet(str(split_dir(data, "pairs", "train"))).select_columns(pair_cols)
+        if cfg.input.variant in META_VARIANTS:
+            side = side_metadata_table(data, "train", metadata_columns(cfg))
+            pairs = pairs.map_batches(attach_side_metadata, batch_format="pyarrow", fn_kwargs={"side_table": side})
+        datasets["train_pairs"] = pairs
+    # Materialized on the driver, BEFORE the workers take their CPUs: when the workers hold every CPU
+    # (2 workers x 1 CPU on 2 cores), a lazy read inside the trainer waits forever for a CPU (measured: a
+    # hang in the SplitCoordinator). Workers read their shards once anyway, so nothing streams later.
+    return {name: ds.materialize() for name, ds in datasets.items()} if materialize else datasets
+
+
+def split_pairs(data: str | os.PathLike, split: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(chosen_id, rejected_id) pairs of a split and their subreddits ([] when the corpus has no pairs)."""
+    d = split_dir(data, "pairs", split)
+    if not any(d.glob("*.parquet")):
+        return [], []
+    t = read_table(data, "pairs", split, ["chosen_id", "rejected_id", "subreddit"])
+    return list(zip(t["chosen_id"].to_pylist(), t["rejected_id"].to_pylist())), t["subreddit"].to_pylist()
+
+
+def evaluate_split(scorer: Any, data: str | os.PathLike, split: str, cfg: RewardModelConfig, batch_size: int = 64) -> dict:
+    """Metrics of a saved model (RewardScorer) on one split, with the per-subreddit breakdown."""
+    from karma_ray.reward.metrics import metrics_by_subreddit, reward_metrics
+
+    t = read_table(data, "examples", split, example_columns(cfg))
+    cols = {c: t[c].to_pylist() for c in metadata_columns(cfg)}
+    cols["subreddit"] = t["subreddit"].to_pylist()
+    scores = scorer.score_columns(t["context"].to_pylist(), t["reply"].to_pylist(), cols, batch_size)
+    target_spec = scorer.meta.target
+    raw = np.array([np.nan if v is None else v for v in t[cfg.target.column].to_pylist()], dtype=np.float64)
+    keep = np.isfinite(raw)
+    targets = target_spec.standardize(raw) if target_spec else raw
+    ids = t["id"].to_pylist()
+    pairs, pair_subs = split_pairs(data, split)
+    ids_k = [i for i, k in zip(ids, keep) if k]
+    scores_k, targets_k = scores[keep].tolist(), targets[keep].tolist()
+    out = reward_metrics(scores_k, targets_k, ids_k, pairs)
+    by_sub: dict[str, list] = {}
+    for p, s in zip(pairs, pair_subs):
+        by_sub.setdefault(s, []).append(p)
+    subs_k = [s for s, k in zip(cols["subreddit"], keep) if k]
+    out["by_subreddit"] = metrics_by_subreddit(subs_k, scores_k, targets_k, ids_k, by_sub, cfg.eval.subreddits, cfg.eval.min_subreddit_examples)
+    return out

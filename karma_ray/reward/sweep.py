@@ -1,0 +1,209 @@
+"""`karma sweep-rm`: Ray Tune over input variant x loss x learning rate, ASHA, one TorchTrainer per trial.
+
+Ray 2.60 (Train V2) cannot wrap a trainer in a Tuner (`Tuner(trainer)` fails), so a trial is a FUNCTION
+that builds and fits a TorchTrainer (the same `build_trainer` as `karma train-rm`) with
+`TuneReportCallback`, which forwards each epoch's report (and its checkpoint path) to Tune. The trial
+itself asks for `search.trial_cpus` (Tune refuses 0); its workers take their own CPUs.
+
+The objective is `rm.train.objective` (default val_spearman, mode rm.train.objective_mode): any metric a
+trial reports. A downstream metric (PPO, evaluation) can be added to the reports and named here.
+
+Outputs in OUTPUT: config.yaml, results.csv (one row per trial: its best epoch by the objective),
+best/<variant>/ (the best checkpoint of each variant, exported, scorer-loadable), best.csv (that
+checkpoint's val and test metrics per variant), tune/ and trials/ (Ray storage).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from karma_ray.config import save_resolved
+from karma_ray.reward.config import CONTROL_VARIANTS, LOSS_PRESETS, RewardModelConfig, SweepConfig
+
+
+class SweepExistsError(FileExistsError):
+    """The output folder holds a previous sweep."""
+
+
+def check_sweep_output(output: str | os.PathLike, overwrite: bool) -> None:
+    if (Path(output) / "results.csv").exists() or (Path(output) / "tune").exists():
+        if not overwrite:
+            raise SweepExistsError(f"{output} holds a previous sweep; pass --overwrite to replace it")
+
+
+def trial_specs(search: Any) -> list[dict]:
+    """The grid as explicit trials; a control (random/constant) is tried once, not once per loss x lr."""
+    specs, seen = [], set()
+    for variant in search.variants:
+        for loss in search.losses:
+            for lr in search.lrs:
+                key = (variant,) if variant in CONTROL_VARIANTS else (variant, loss, lr)
+                if key in seen:
+                    continue
+                seen.add(key)
+                specs.append({"variant": variant, "loss": loss, "lr": lr})
+    return specs
+
+
+def trial_config(base: RewardModelConfig, spec: dict) -> RewardModelConfig:
+    """The base config with one trial's variant, loss preset and learning rate (validated)."""
+    regression, pairwise_weight = LOSS_PRESETS[spec["loss"]]
+    cfg = replace(
+        base,
+        input=replace(base.input, variant=spec["variant"]),
+        loss=replace(base.loss, regression=regression, pairwise_weight=pairwise_weight),
+        train=replace(base.train, lr=float(spec["lr"])),
+    )
+    from karma_ray.config import _validate_tree  # the same checks load_config runs
+
+    _validate_tree(cfg)
+    return cfg
+
+
+def sweep_trial(trial: dict, base: RewardModelConfig, data: str, output: str) -> None:
+    """One Tune trial: fit a TorchTrainer whose reports reach Tune through TuneReportCallback."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from karma_ray.reward.train import build_trainer, new_model_meta
+
+    spec = trial["spec"] if "spec" in trial else trial
+    cfg = trial_config(base, spec)
+    trial_id = ray.tune.get_context().get_trial_id()
+    trial_dir = Path(output) / "trials" / trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(cfg, data, trial_dir, new_model_meta(cfg, data), str(Path(output, "trials").resolve()), trial_id,
+                            callbacks=[TuneReportCallback()])
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+
+
+def _search_space(search: Any) -> dict:
+    from ray import tune
+
+    if search.mode == "grid":
+        return {"spec": tune.grid_search(trial_specs(search))}
+    lo, hi = min(search.lrs), max(search.lrs)
+    return {
+        "variant": tune.choice(list(search.variants)),
+        "loss": tune.choice(list(search.losses)),
+        "lr": tune.loguniform(lo, hi) if hi > lo else lo,
+    }
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def best_row(df: Any, objective: str, mode: str) -> dict | None:
+    """The trial's report (a metrics_dataframe row) with the best objective; None if none is finite."""
+    if df is None or objective not in df or df[objective].notna().sum() == 0:
+        return None if df is None or not len(df) else df.iloc[-1].to_dict()
+    idx = df[objective].idxmax() if mode == "max" else df[objective].idxmin()
+    return df.loc[idx].to_dict()
+
+
+def run_sweep(cfg: SweepConfig, data: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> dict:
+    """Run the sweep, export the best checkpoint per variant, evaluate it on test; returns the tables."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from karma_ray.ray_utils import init_ray
+    from karma_ray.reward.train import evaluate_model_dir, export_checkpoint
+
+    out = Path(output)
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    init_ray(cfg.rm.ray)
+    s, objective, mode = cfg.search, cfg.rm.train.objective, cfg.rm.train.objective_mode
+    scheduler = (
+        ASHAScheduler(time_attr="training_iteration", max_t=cfg.rm.train.epochs, grace_period=min(s.grace_period, cfg.rm.train.epochs),
+                      reduction_factor=s.reduction_factor)
+        if s.asha else None
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(sweep_trial, base=cfg.rm, data=str(Path(data).resolve()), output=str(out.resolve())),
+        {"cpu": s.trial_cpus},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=_search_space(s),
+        tune_config=tune.TuneConfig(metric=objective, mode=mode, scheduler=scheduler, num_samples=s.num_samples,
+                                    max_concurrent_trials=s.max_concurrent_trials),
+        run_config=tune.RunConfig(storage_path=str((out / "tune").resolve()), name="sweep_rm"),
+    )
+    grid = tuner.fit()
+
+    rows = []
+    for result in grid:
+        spec = result.config.get("spec") or {k: result.config.get(k) for k in ("variant", "loss", "lr")}
+        best = best_row(result.metrics_dataframe, objective, mode) or {}
+        rows.append({
+            "trial_id": Path(result.path).name if result.path else None,
+            "variant": spec["variant"], "loss": spec["loss"], "lr": spec["lr"],
+            "epochs_run": int(best.get("training_iteration", 0) or 0) if not result.metrics else int(result.metrics.get("epoch", 0)),
+            "best_epoch": best.get("epoch"),
+            objective: _finite(best.get(objective)),
+            "val_pairwise_accuracy": _finite(best.get("val_pairwise_accuracy")),
+            "val_mse": _finite(best.get("val_mse")),
+            "error": repr(result.error) if result.error else "",
+            "checkpoint_path": best.get("checkpoint_path"),
+        })
+    sign = 1 if mode == "max" else -1
+    best_rows = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        candidates = [r for r in rows if r["variant"] == variant and r["checkpoint_path"]]
+        if not candidates:
+            continue
+        winner = max(candidates, key=lambda r: -math.inf if r[objective] is None else sign * r[objective])
+        model_dir = export_checkpoint(winner["checkpoint_path"], out / "best" / variant)
+        metrics = evaluate_model_dir(model_dir, data, trial_config(cfg.rm, winner))
+        (model_dir.parent / f"{variant}_metrics.json").write_text(json.dumps(metrics, indent=2))
+        best_rows.append({
+            "variant": variant, "loss": winner["loss"], "lr": winner["lr"], "best_epoch": winner["best_epoch"],
+            **{f"{split}_{k}": metrics[split].get(k) for split in ("val", "test") for k in ("spearman", "pearson", "pairwise_accuracy", "mse")},
+            "model": str(model_dir),
+        })
+    _write_csv(out / "results.csv", rows)
+    _write_csv(out / "best.csv", best_rows)
+    return {"trials": rows, "best": best_rows}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        path.write_text("")
+        return
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def render_table(tables: dict) -> str:
+    """The two result tables as aligned text."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = []
+    for title, rows, cols in (
+        ("trials", tables["trials"], [c for c in (tables["trials"][0] if tables["trials"] else {}) if c not in ("checkpoint_path", "error")]),
+        ("best per variant (test = held-out threads)", tables["best"], [c for c in (tables["best"][0] if tables["best"] else {}) if c != "model"]),
+    ):
+        lines.append(f"== {title}")
+        cells = [cols] + [[fmt(r.get(c)) for c in cols] for r in rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+        lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

@@ -1,0 +1,480 @@
+"""`karma train-rm`: one Ray Train TorchTrainer run, data-parallel over N workers.
+
+Driver (`run_train_rm`): TRAIN statistics -> Ray Datasets -> TorchTrainer.fit() -> export the chosen
+checkpoint to OUTPUT/model -> score val and test with RewardScorer -> OUTPUT/metrics.json.
+
+Worker (`train_loop_per_worker`): builds the model, restores the latest checkpoint if Ray Train hands
+one over (a rerun with `--resume`, or a restart after a worker died: FailureConfig), reads its shard of
+the examples (and sibling pairs) once through Ray Data into memory, then per epoch: shuffled steps
+(regression rows and pairs of a step go through ONE forward pass, so DDP sees one forward per
+backward), val scored by all workers (each its share, gathered), one `ray.train.report` with a
+checkpoint from rank 0. A checkpoint folder is an exported reward-model folder (scorer-loadable) plus
+trainer_state.json and optimizer.pt.
+
+Output folder: config.yaml (resolved config), model/ (the exported model), metrics.json
+({"val": {...}, "test": {...}}), train_summary.json (per-epoch history, chosen epoch, throughput),
+ray/ (Ray Train storage: checkpoints; reused by --resume).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from karma_ray.config import save_resolved, to_dict
+from karma_ray.reward.config import CONTROL_VARIANTS, META_VARIANTS, TEXT_VARIANTS, RewardModelConfig
+from karma_ray.reward.data import check_prepared, evaluate_split, fit_specs, ray_datasets, split_pairs
+from karma_ray.reward.inputs import build_inputs, rm_text
+from karma_ray.reward.model import METADATA_FILE, RewardModelMeta
+
+RUN_NAME = "train_rm"
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.pt"
+KILL_MARKER = "debug_worker_killed.marker"
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder holds a previous run and neither --resume nor --overwrite was given."""
+
+
+def prepare_output(output: str | os.PathLike, resume: bool, overwrite: bool = False) -> Path:
+    out = Path(output)
+    previous = out / "ray" / RUN_NAME
+    if previous.exists() and not resume:
+        if not overwrite:
+            raise OutputExistsError(f"{out} holds a previous run; pass --resume to continue it or --overwrite to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def new_model_meta(cfg: RewardModelConfig, data: str | os.PathLike) -> RewardModelMeta:
+    target, features = fit_specs(data, cfg)
+    return RewardModelMeta(
+        variant=cfg.input.variant,
+        target=target,
+        features=features,
+        max_length=cfg.model.max_length,
+        meta_hidden=cfg.model.meta_hidden,
+        subreddit_dim=cfg.model.subreddit_dim,
+        random_seed=cfg.input.random_seed,
+        backbone=cfg.model.backbone if cfg.input.variant in TEXT_VARIANTS else None,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker side
+# ------------------------------------------------------------------------------------------------
+
+
+class ShardData:
+    """A worker's rows in memory: model inputs precomputed except tokenization (done per batch)."""
+
+    def __init__(self, texts: list[str] | None, features: np.ndarray | None, buckets: np.ndarray | None) -> None:
+        self.texts = texts  # N strings or None
+        self.features = features  # (N, F) or None
+        self.buckets = buckets  # (N,) or None
+
+    def take(self, idx: np.ndarray) -> tuple[list[str] | None, np.ndarray | None, np.ndarray | None]:
+        texts = [self.texts[i] for i in idx] if self.texts is not None else None
+        feats = self.features[idx] if self.features is not None else None
+        buckets = self.buckets[idx] if self.buckets is not None else None
+        return texts, feats, buckets
+
+
+def collect_shard(iterator: Any) -> dict[str, list]:
+    """Read a Ray Data shard once into column lists."""
+    import pyarrow as pa
+
+    tables = list(iterator.iter_batches(batch_size=4096, batch_format="pyarrow"))
+    if not tables:
+        return {}
+    return pa.concat_tables(tables, promote_options="default").to_pydict()
+
+
+def example_shard(cols: dict[str, list], meta: RewardModelMeta) -> ShardData:
+    n = len(cols.get("reply", []))
+    texts = [rm_text(c, r, meta.variant) for c, r in zip(cols["context"], cols["reply"])] if meta.variant in TEXT_VARIANTS else None
+    feats = buckets = None
+    if meta.variant in META_VARIANTS:
+        feats, buckets = meta.features.encode(cols, n)
+    return ShardData(texts, feats, buckets)
+
+
+def pair_shards(cols: dict[str, list], meta: RewardModelMeta) -> tuple[ShardData, ShardData]:
+    """(chosen, rejected) sides of sibling pairs; side metadata columns are `chosen__<field>` etc."""
+    n = len(cols.get("chosen", []))
+    sides = []
+    for side in ("chosen", "rejected"):
+        texts = [rm_text(c, r, meta.variant) for c, r in zip(cols["context"], cols[side])] if meta.variant in TEXT_VARIANTS else None
+        feats = buckets = None
+        if meta.variant in META_VARIANTS:
+            side_cols = {k.split("__", 1)[1]: v for k, v in cols.items() if k.startswith(side + "__")}
+            side_cols["subreddit"] = cols["subreddit"]  # siblings share the subreddit
+            feats, buckets = meta.features.encode(side_cols, n)
+        sides.append(ShardData(texts, feats, buckets))
+    return sides[0], sides[1]
+
+
+def concat_parts(parts: list[tuple[list[str] | None, np.ndarray | None, np.ndarray | None]]):
+    texts = None if parts[0][0] is None else [t for p in parts for t in p[0]]
+    feats = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+    buckets = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
+    return texts, feats, buckets
+
+
+def lr_lambda(total_steps: int, warmup_fraction: float):
+    warmup = int(total_steps * warmup_fraction)
+
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return fn
+
+
+def _score_rows(model: Any, shard: ShardData, idx: np.ndarray, tokenizer: Any, meta: RewardModelMeta, batch_size: int, device: Any) -> np.ndarray:
+    import torch
+
+    out = np.empty(len(idx))
+    with torch.no_grad():
+        for start in range(0, len(idx), batch_size):
+            part = idx[start : start + batch_size]
+            inputs = build_inputs(*shard.take(part), tokenizer, meta.max_length).to(device)
+            out[start : start + len(part)] = model(inputs).float().cpu().numpy()
+    return out
+
+
+def _nan_for_none(metrics: dict) -> dict:
+    return {k: (float("nan") if v is None else v) for k, v in metrics.items()}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker loop (see the module docstring). `config`: cfg, meta, output, val_pairs."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from karma_ray.reward.losses import reward_loss
+    from karma_ray.reward.metrics import reward_metrics
+    from karma_ray.reward.model import build_reward_model, load_reward_model, save_reward_model
+    from karma_ray.reward.scorer import random_control_score
+
+    cfg: RewardModelConfig = config["cfg"]
+    meta: RewardModelMeta = config["meta"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.train.threads_per_worker or max(1, int(cfg.scaling.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+    is_control = meta.variant in CONTROL_VARIANTS
+
+    # ---- the model, restored from the latest checkpoint when there is one ----
+    model = tokenizer = None
+    start_epoch, global_step, history, optimizer_state, scheduler_state = 0, 0, [], None, None
+    if not is_control:
+        model, tokenizer = build_reward_model(meta, cfg.model.backbone, cfg.model.dtype, cfg.model.trust_remote_code, cfg.train.seed)
+    checkpoint = ray.train.get_checkpoint()
+    resumed_from = -1
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = json.loads((Path(d) / TRAINER_STATE).read_text())
+            start_epoch, global_step, history = state["epoch"] + 1, state["global_step"], state["history"]
+            resumed_from = state["epoch"]
+            if model is not None:
+                restored, _, _ = load_reward_model(d, dtype=cfg.model.dtype)
+                model.load_state_dict(restored.state_dict())
+                if (Path(d) / OPTIMIZER_STATE).exists():
+                    saved = torch.load(Path(d) / OPTIMIZER_STATE, weights_only=True)
+                    optimizer_state, scheduler_state = saved["optimizer"], saved["scheduler"]
+        if rank == 0:
+            print(f"[train-rm] resumed from the checkpoint of epoch {resumed_from + 1} (global step {global_step})", flush=True)
+
+    # ---- data: this worker's shard, read once ----
+    train_cols = collect_shard(ray.train.get_dataset_shard("train"))
+    val_cols = collect_shard(ray.train.get_dataset_shard("val"))
+    pair_iter = ray.train.get_dataset_shard("train_pairs") if cfg.loss.pairwise_on and not is_control else None
+    pair_cols = collect_shard(pair_iter) if pair_iter is not None else {}
+    n_train, n_pairs = len(train_cols.get("reply", [])), len(pair_cols.get("chosen", []))
+    train_shard = example_shard(train_cols, meta) if n_train else None
+    y_train = meta.target.standardize(train_cols.get(meta.target.column, [])) if n_train else np.zeros(0)
+    chosen_shard, rejected_shard = pair_shards(pair_cols, meta) if n_pairs else (None, None)
+
+    steps = 0
+    if not is_control:
+        reg_steps = math.ceil(n_train / cfg.train.batch_size) if cfg.loss.regression_on else 0
+        pair_steps = math.ceil(n_pairs / cfg.train.pair_batch_size) if cfg.loss.pairwise_on else 0
+        steps = reg_steps if cfg.loss.regression_on else pair_steps
+        if distributed:  # every worker must take the same number of steps (one allreduce per step)
+            t = torch.tensor([steps], dtype=torch.int64)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            steps = int(t.item())
+        if steps == 0:
+            raise RuntimeError(f"worker {rank} has no training rows (examples {n_train}, pairs {n_pairs})")
+
+    # ---- optimizer (+ DeepSpeed or DDP) ----
+    engine = optimizer = scheduler = None
+    if model is not None:
+        head_ids = {id(p) for p in model.head_parameters()}
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": cfg.train.lr},
+            {"params": [p for p in model.parameters() if id(p) in head_ids], "lr": cfg.train.head_lr},
+        ]
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps * (cfg.train.epochs), cfg.train.warmup_fraction))
+        if cfg.deepspeed.enabled:
+            os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
+            import deepspeed
+
+            ds_config = {
+                "train_micro_batch_size_per_gpu": cfg.train.batch_size,
+                "gradient_accumulation_steps": 1,
+                "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+                # torch AdamW instead of DeepSpeed's fused CPU Adam: no op build (STACK.md)
+                "zero_allow_untested_optimizer": True,
+                "gradient_clipping": cfg.train.grad_clip,
+            }
+            engine, optimizer, _, scheduler = deepspeed.initialize(
+                model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
+            )
+            if scheduler_state is not None:
+                scheduler.load_state_dict(scheduler_state)  # ZeRO partitions optimizer state: moments restart
+        else:
+            if optimizer_state is not None:
+                optimizer.load_state_dict(optimizer_state)
+                scheduler.load_state_dict(scheduler_state)
+            engine = ray.train.torch.prepare_model(model)  # DDP when world > 1
+    unwrapped = model
+
+    val_ids = val_cols.get("id", [])
+    val_shard = example_shard(val_cols, meta) if val_ids else None
+    y_val = meta.target.standardize(val_cols.get(meta.target.column, [])) if val_ids else np.zeros(0)
+    val_pairs = config.get("val_pairs", [])
+    epochs = 1 if is_control else cfg.train.epochs
+    marker = Path(config["output"]) / KILL_MARKER
+
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        losses, samples = [], 0
+        if not is_control:
+            engine.train()
+            rng = np.random.default_rng(cfg.train.seed * 1000 + epoch * 10 + rank)
+            reg_order = rng.permutation(n_train)
+            pair_order = rng.permutation(n_pairs) if n_pairs else np.zeros(0, dtype=np.int64)
+            for step in range(steps):
+                parts, n_reg, n_pair = [], 0, 0
+                if cfg.loss.regression_on:
+                    reg_idx = reg_order[step * cfg.train.batch_size : (step + 1) * cfg.train.batch_size]
+                    parts.append(train_shard.take(reg_idx))
+                    n_reg = len(reg_idx)
+                if cfg.loss.pairwise_on and n_pairs:
+                    # pairs cycle when an epoch is counted in examples
+                    pos = (np.arange(cfg.train.pair_batch_size) + step * cfg.train.pair_batch_size) % n_pairs
+                    pair_idx = pair_order[pos[: min(len(pos), n_pairs)]]
+                    parts += [chosen_shard.take(pair_idx), rejected_shard.take(pair_idx)]
+                    n_pair = len(pair_idx)
+                inputs = build_inputs(*concat_parts(parts), tokenizer, meta.max_length).to(device)
+                scores = engine(inputs)  # (n_reg + 2 * n_pair,)
+                targets = torch.as_tensor(y_train[reg_idx], dtype=torch.float32, device=device) if n_reg else None
+                loss = reward_loss(
+                    cfg.loss,
+                    scores=scores[:n_reg],
+                    targets=targets,
+                    chosen=scores[n_reg : n_reg + n_pair],
+                    rejected=scores[n_reg + n_pair :],
+                )
+                if cfg.deepspeed.enabled:
+                    engine.backward(loss.total)
+                    engine.step()
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.total.backward()
+                    if cfg.train.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(engine.parameters(), cfg.train.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                losses.append(float(loss.total.detach()))
+                samples += n_reg + 2 * n_pair
+                global_step += 1
+                if cfg.debug.kill_worker_at_step == global_step and rank == cfg.debug.kill_rank and not marker.exists():
+                    marker.write_text(f"killed rank {rank} at global step {global_step}\n")
+                    os.kill(os.getpid(), signal.SIGKILL)
+            engine.eval()
+        train_seconds = time.perf_counter() - t0
+
+        # ---- val: each worker scores its share, then all gather ----
+        val_scores = np.zeros(0)
+        if val_ids:
+            mine = np.arange(rank, len(val_ids), world)
+            if is_control:
+                part = np.array([0.0 if meta.variant == "constant" else random_control_score(meta.random_seed, val_cols["context"][i], val_cols["reply"][i]) for i in mine])
+            else:
+                part = _score_rows(engine, val_shard, mine, tokenizer, meta, cfg.train.eval_batch_size, device)
+            gathered = [None] * world
+            if distributed:
+                dist.all_gather_object(gathered, (mine.tolist(), part.tolist()))
+            else:
+                gathered = [(mine.tolist(), part.tolist())]
+            val_scores = np.empty(len(val_ids))
+            for idx, sc in gathered:
+                val_scores[idx] = sc
+        val = reward_metrics(val_scores.tolist(), y_val.tolist(), val_ids, val_pairs) if val_ids else {}
+        total_samples = samples * world
+        record = {
+            "epoch": epoch + 1,
+            "global_step": global_step,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "train_samples_per_s": total_samples / train_seconds if samples else float("nan"),
+            "train_seconds": train_seconds,
+            "resumed_from_epoch": resumed_from + 1,  # 0: started fresh
+            **{f"val_{k}": v for k, v in val.items()},
+        }
+        history.append({k: v for k, v in record.items()})
+        if rank == 0:
+            print(
+                f"[train-rm] epoch {epoch + 1}/{epochs} step {global_step} loss {record['train_loss']:.4f} "
+                f"val spearman {val.get('spearman')} pairwise acc {val.get('pairwise_accuracy')} "
+                f"({record['train_samples_per_s']:.1f} samples/s)",
+                flush=True,
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                epoch_meta = replace(meta, extra={"epoch": epoch + 1, "global_step": global_step, "val": val})
+                save_reward_model(tmp, unwrapped, tokenizer, epoch_meta)
+                (Path(tmp) / TRAINER_STATE).write_text(json.dumps({"epoch": epoch, "global_step": global_step, "history": history}, default=str))
+                if optimizer is not None and not cfg.deepspeed.enabled:
+                    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, Path(tmp) / OPTIMIZER_STATE)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(_nan_for_none(record), checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver side
+# ------------------------------------------------------------------------------------------------
+
+
+def build_trainer(cfg: RewardModelConfig, data: str | os.PathLike, output: Path, meta: RewardModelMeta,
+                  storage_path: str, name: str, callbacks: list | None = None, materialize: bool = True):
+    """The TorchTrainer of one run (also used by each sweep trial)."""
+    from ray.data import DataContext
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    DataContext.get_current().enable_progress_bars = cfg.ray.progress_bars
+
+    val_pairs, _ = split_pairs(data, "val")
+    env = {"DS_ACCELERATOR": "cuda" if cfg.scaling.use_gpu else "cpu", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+           "TOKENIZERS_PARALLELISM": "false"}
+    datasets = ray_datasets(data, cfg, materialize)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "meta": meta, "output": str(output), "val_pairs": val_pairs},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[name for name in ("train", "train_pairs") if name in datasets]),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.scaling.keep_checkpoints),
+            callbacks=callbacks,
+            worker_runtime_env={"env_vars": env},
+        ),
+    )
+
+
+def choose_checkpoint(result: Any, cfg: RewardModelConfig):
+    """(checkpoint, metrics) of the best epoch by the objective, or of the last one."""
+    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None]
+    if not candidates:
+        raise RuntimeError("the training run reported no checkpoint")
+    last = max(candidates, key=lambda cm: cm[1].get("epoch", 0))
+    if cfg.train.select_checkpoint == "last":
+        return last
+    sign = 1.0 if cfg.train.objective_mode == "max" else -1.0
+
+    def key(cm):
+        v = cm[1].get(cfg.train.objective)
+        return (-math.inf if v is None or not math.isfinite(v) else sign * v, cm[1].get("epoch", 0))
+
+    return max(candidates, key=key)
+
+
+def export_checkpoint(checkpoint_dir: str | os.PathLike, model_dir: Path) -> Path:
+    """Copy a checkpoint's reward-model files (not the trainer/optimizer state) to `model_dir`."""
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
+    for f in Path(checkpoint_dir).iterdir():
+        if f.is_file() and f.name not in (TRAINER_STATE, OPTIMIZER_STATE):
+            shutil.copy2(f, model_dir / f.name)
+    if not (model_dir / METADATA_FILE).exists():
+        raise RuntimeError(f"checkpoint {checkpoint_dir} holds no {METADATA_FILE}")
+    return model_dir
+
+
+def evaluate_model_dir(model_dir: Path, data: str | os.PathLike, cfg: RewardModelConfig) -> dict:
+    from karma_ray.reward.scorer import RewardScorer
+
+    scorer = RewardScorer.from_pretrained(model_dir)
+    return {split: evaluate_split(scorer, data, split, cfg, cfg.train.eval_batch_size) for split in ("val", "test")}
+
+
+def run_train_rm(cfg: RewardModelConfig, data: str | os.PathLike, output: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train, export, evaluate (see the module docstring); returns the metrics.json content."""
+    from karma_ray.ray_utils import init_ray
+
+    check_prepared(data, need_pairs=cfg.loss.pairwise_on and cfg.input.variant not in CONTROL_VARIANTS)
+    out = prepare_output(output, resume, overwrite)
+    save_resolved(cfg, out)
+    meta = new_model_meta(cfg, data)
+    init_ray(cfg.ray)
+    trainer = build_trainer(cfg, data, out, meta, str((out / "ray").resolve()), RUN_NAME)
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    checkpoint, chosen = choose_checkpoint(result, cfg)
+    with checkpoint.as_directory() as d:
+        history = json.loads((Path(d) / TRAINER_STATE).read_text())["history"] if (Path(d) / TRAINER_STATE).exists() else []
+        model_dir = export_checkpoint(d, out / "model")
+    metrics = evaluate_model_dir(model_dir, data, cfg)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    last = result.metrics or {}
+    summary = {
+        "variant": cfg.input.variant,
+        "exported_epoch": chosen.get("epoch"),
+        "select_checkpoint": cfg.train.select_checkpoint,
+        "objective": cfg.train.objective,
+        "epochs_run": last.get("epoch"),
+        "resumed_from_epoch": last.get("resumed_from_epoch"),
+        "history": _last_history(result) or history,
+        "config": to_dict(cfg),
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return metrics
+
+
+def _last_history(result: Any) -> list:
+    try:
+        with result.checkpoint.as_directory() as d:
+            return json.loads((Path(d) / TRAINER_STATE).read_text())["history"]
+    except Exception:  # noqa: BLE001 - the summary is best effort; metrics.json is the contract
+        return []

@@ -1,0 +1,37 @@
+"""`karma sweep-rm`: a Ray Tune sweep of TorchTrainer trials (ASHA), its table and the best model per variant."""
+
+import csv
+
+import pytest
+
+from karma_ray.reward.cli import sweep_rm_main
+from karma_ray.reward.scorer import RewardScorer
+
+pytestmark = pytest.mark.ray
+
+
+def test_sweep_runs_four_trials_and_exports_the_best_per_variant(ray_cluster, prepared_synthetic, tiny_rm_backbones, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = [
+        "--data", str(prepared_synthetic), "--output", str(out),
+        f"rm.model.backbone={tiny_rm_backbones['bert']}", "rm.model.max_length=64", "rm.ray.progress_bars=false",
+        "rm.train.epochs=2", "rm.train.max_train_examples=400", "rm.scaling.cpus_per_worker=1",
+        "search.variants=[response,meta,constant,random]", "search.losses=[mse]", "search.lrs=[0.003]",
+        "search.asha=true", "search.max_concurrent_trials=1",
+    ]
+    assert sweep_rm_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "best per variant" in printed
+    with (out / "results.csv").open() as fh:
+        trials = list(csv.DictReader(fh))
+    assert len(trials) == 4
+    assert sorted(t["variant"] for t in trials) == ["constant", "meta", "random", "response"]
+    assert all(t["error"] == "" for t in trials)
+    with (out / "best.csv").open() as fh:
+        best = {row["variant"]: row for row in csv.DictReader(fh)}
+    assert set(best) == {"response", "meta", "constant", "random"}
+    assert float(best["meta"]["test_spearman"]) > 0.1  # metadata carries the planted delay effect
+    assert best["constant"]["test_spearman"] == ""  # undefined for a constant score
+    assert float(best["constant"]["test_pairwise_accuracy"]) == 0.5
+    for variant in best:
+        assert RewardScorer.from_pretrained(out / "best" / variant).variant == variant
