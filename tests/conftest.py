@@ -28,7 +28,9 @@ def ray_cluster():
     """A local 2-CPU Ray cluster shared by all tests that ask for it."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False)
+        # The dashboard (loopback) serves the State API that Ray Train V2's PlacementGroupCleaner
+        # needs to free the placement group of a Tune trial stopped by ASHA (see reward/sweep.py).
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=512 * 2**20, log_to_driver=False)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
@@ -138,24 +140,7 @@ def workers_plain_ppo_update():
     return update
 
 
-# ---- reward-model stage (tests/*/test_reward_*.py); other stages may reuse `prepared_synthetic` ----
-
-
-@pytest.fixture(scope="session")
-def prepared_synthetic(ray_cluster, tmp_path_factory):
-    """A prepared synthetic corpus (~6k comments, seed 3; configs/data/synthetic.yaml), made once per session.
-
-    Returns the prepared folder (examples/, pairs/, manifest.json). Read-only for tests.
-    """
-    from karma_ray.config import PrepareConfig, load_config
-    from karma_ray.data.prepare import run_prepare
-    from karma_ray.data.synth import write_synthetic_corpus
-
-    root = tmp_path_factory.mktemp("prepared_synthetic")
-    write_synthetic_corpus(root / "corpus", 6000, seed=3)
-    cfg = load_config(PrepareConfig, REPO / "configs" / "data" / "synthetic.yaml", ["ray.num_cpus=null", "ray.object_store_memory_gb=null"])
-    run_prepare([str(root / "corpus")], str(root / "prepared"), cfg, overwrite=True)
-    return root / "prepared"
+# ---- reward-model stage (tests/*/test_reward_*.py; `prepared_synthetic` is above) ----
 
 
 @pytest.fixture(scope="session")
@@ -174,3 +159,17 @@ def tiny_rm_backbones(tmp_path_factory):
         "bert": save_tiny_bert(root / "bert", tok, hidden_size=32, num_layers=2, num_heads=2),
         "llama": save_tiny_llama(root / "llama", tok, hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=512),
     }
+
+
+# A hung test must not eat CI's 90 minutes: after this many seconds in ONE test, faulthandler dumps
+# every thread's stack (the diagnosis) and exits the run. Real tests here take at most a few minutes.
+TEST_HANG_LIMIT_S = int(os.environ.get("KARMA_TEST_HANG_LIMIT_S", "900"))
+
+
+@pytest.fixture(autouse=True)
+def _hang_guard():
+    import faulthandler
+
+    faulthandler.dump_traceback_later(TEST_HANG_LIMIT_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
