@@ -42,7 +42,7 @@ class Generations:
 
     prompt_ids: list[list[int]]  # B lists of prompt token ids (unpadded)
     response_ids: list[list[int]]  # B lists of generated ids (EOS included when produced)
-    sampling_logprobs: list[list[float]]  # B lists, the engine's logprob of each generated id
+    sampling_logprobs: list[list[float]]  # B lists: RAW logprob (T=1, no top-k/p) of each generated id
     finished: list[bool]  # B: ended with EOS (False: hit max_new_tokens)
     group: list[int]  # B: index of the source prompt
 

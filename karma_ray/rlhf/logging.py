@@ -120,7 +120,7 @@ def plot_curves(rows: list[dict], out: Path, title: Optional[str] = None) -> Pat
         ax.bar(steps, ys, bottom=bottom, label=k[5:])
         bottom = [b + y for b, y in zip(bottom, ys)]
     ax.set_title("seconds per phase")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title or "PPO run")
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -7,9 +7,10 @@ import random
 import pytest
 import torch
 
+from karma_ray.rlhf.weight_sync import iter_buckets
+
 from karma_ray.algo import aggregate_loss
 from karma_ray.rlhf.workers.distributed import (
-    iter_buckets,
     loss_count,
     loss_share,
     micro_plan,

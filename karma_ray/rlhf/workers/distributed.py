@@ -26,7 +26,7 @@ import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -361,25 +361,6 @@ def iter_full_state(module: torch.nn.Module, zero3: bool) -> Iterator[tuple[str,
         else:
             full = tensor.detach().to("cpu", copy=True)
         yield name, full
-
-
-def iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Group (name, tensor) pairs into dicts of at most `bucket_bytes` (a tensor larger than that
-    is a bucket of its own). A local twin of karma_ray.rlhf.weight_sync.iter_buckets, which was
-    being written in parallel; one of the two should go."""
-    if bucket_bytes < 1:
-        raise ValueError("bucket_bytes must be >= 1")
-    bucket: dict[str, torch.Tensor] = {}
-    size = 0
-    for name, tensor in named_tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = {}, 0
-        bucket[name] = tensor
-        size += nbytes
-    if bucket:
-        yield bucket
 
 
 # ------------------------------------------------------------------------------------------------

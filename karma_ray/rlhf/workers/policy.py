@@ -24,12 +24,12 @@ import torch
 
 from karma_ray.algo import aggregate_loss, entropy_bonus, entropy_from_logits, kl_loss, ppo_policy_loss
 from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig
+from karma_ray.rlhf.weight_sync import iter_buckets
 from karma_ray.rlhf.workers.distributed import (
     ZeroTrainer,
     build_engine,
     disable_dropout,
     init_distributed,
-    iter_buckets,
     quiet_deepspeed,
     resolve_device,
     resolve_dtype,
