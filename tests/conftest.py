@@ -173,3 +173,15 @@ def _hang_guard():
     faulthandler.dump_traceback_later(TEST_HANG_LIMIT_S, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture
+def ray_start_calls(monkeypatch):
+    """Records every attempt to start/join Ray (karma_ray.ray_utils.init_ray is the only caller of
+    ray.init). Tests of "errors are caught before Ray starts" assert it stays empty: checking
+    `ray.is_initialized()` instead would fail whenever an earlier test left the session cluster up."""
+    import karma_ray.ray_utils
+
+    calls = []
+    monkeypatch.setattr(karma_ray.ray_utils, "init_ray", lambda cfg: calls.append(cfg))
+    return calls

@@ -35,11 +35,11 @@ def fake_prepared(tmp_path):
         (["input.variant=meta", "loss.pairwise_weight=1"], "needs sibling pairs"),
     ],
 )
-def test_train_rm_errors_exit_2_before_ray(fake_prepared, tmp_path, capsys, args, message):
+def test_train_rm_errors_exit_2_before_ray(fake_prepared, tmp_path, capsys, args, message, ray_start_calls):
     code = train_rm_main(["--data", str(fake_prepared), "--output", str(tmp_path / "out"), *args])
     assert code == 2
     assert message in capsys.readouterr().err
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert ray_start_calls == []
 
 
 def test_train_rm_refuses_a_used_output_folder_and_a_non_prepared_input(fake_prepared, tmp_path, capsys):

@@ -1,7 +1,6 @@
 """`karma sft` refuses bad input with exit code 2 before Ray starts."""
 
 import json
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,7 +27,7 @@ def run(args, capsys):
     return code, capsys.readouterr().err
 
 
-def test_bad_input_exits_2_with_a_message_and_no_ray(prepared, tmp_path, capsys):
+def test_bad_input_exits_2_with_a_message_and_no_ray(prepared, tmp_path, capsys, ray_start_calls):
     data, model = prepared
     base = ["--data", str(data), f"model.path={model}", "data.val_split=null", "scaling.num_workers=1"]
     cases = {
@@ -44,7 +43,7 @@ def test_bad_input_exits_2_with_a_message_and_no_ray(prepared, tmp_path, capsys)
     for message, args in cases.items():
         code, err = run(args, capsys)
         assert code == 2 and message in err, (message, err)
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert ray_start_calls == []
 
 
 def test_help_config_lists_every_section(capsys):
