@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ppo-iterations", type=int, default=None, help="override configs/ppo/tiny.yaml run.iterations")
     args = p.parse_args(argv)
-    out = Path(args.output)
+    out = Path(args.output).resolve()  # workers of Ray Train run in their own working directories
 
     # Every config is loaded and validated before anything runs (configs name the demo's paths).
     from karma_ray.reward.config import RewardModelConfig

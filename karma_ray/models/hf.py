@@ -54,3 +54,12 @@ def load_backbone(path_or_id: str | os.PathLike, dtype: Optional[str] = None, tr
 
 def is_local_model_dir(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").exists()
+
+
+def absolute_if_local(path_or_id: Optional[str]) -> Optional[str]:
+    """A local folder as an absolute path (hub ids unchanged). Ray Train and Tune run workers in their
+    own working directories, so a relative model path that exists here would be read there as a hub
+    id ("Repo id must be in the form ..." on the worker)."""
+    if path_or_id and Path(path_or_id).expanduser().exists():
+        return str(Path(path_or_id).expanduser().resolve())
+    return path_or_id

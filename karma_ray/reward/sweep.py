@@ -119,6 +119,11 @@ def run_sweep(cfg: SweepConfig, data: str | os.PathLike, output: str | os.PathLi
     from karma_ray.ray_utils import init_ray
     from karma_ray.reward.train import evaluate_model_dir, export_checkpoint
 
+    from karma_ray.models.hf import absolute_if_local
+
+    # Trials and their workers run in Tune/Train working directories: local paths must be absolute.
+    cfg = replace(cfg, rm=replace(cfg.rm, model=replace(cfg.rm.model, backbone=absolute_if_local(cfg.rm.model.backbone))))
+    data = Path(data).resolve()
     out = Path(output)
     if overwrite and out.exists():
         shutil.rmtree(out)

@@ -442,6 +442,11 @@ def run_train_rm(cfg: RewardModelConfig, data: str | os.PathLike, output: str | 
     """Train, export, evaluate (see the module docstring); returns the metrics.json content."""
     from karma_ray.ray_utils import init_ray
 
+    from karma_ray.models.hf import absolute_if_local
+
+    # Workers run in Ray Train's own working directory: make local paths absolute first.
+    cfg = replace(cfg, model=replace(cfg.model, backbone=absolute_if_local(cfg.model.backbone)))
+    data = Path(data).resolve()
     check_prepared(data, need_pairs=cfg.loss.pairwise_on and cfg.input.variant not in CONTROL_VARIANTS)
     out = prepare_output(output, resume, overwrite)
     save_resolved(cfg, out)

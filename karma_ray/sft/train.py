@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -456,6 +456,11 @@ def check_cluster_cpus(cfg: SFTConfig, cluster_cpus: float) -> None:
 def run_sft(prepared_dir: str | os.PathLike, output: str | os.PathLike, cfg: SFTConfig, resume: bool = False) -> SFTResult:
     """Check inputs, train on Ray, export DIR/model + metrics.json + lineage.json. Everything that can
     fail on bad input fails before Ray starts."""
+    from karma_ray.models.hf import absolute_if_local
+
+    # Workers run in Ray Train's own working directory: make local paths absolute first.
+    cfg = replace(cfg, model=replace(cfg.model, path=absolute_if_local(cfg.model.path), tokenizer=absolute_if_local(cfg.model.tokenizer)))
+    prepared_dir = Path(prepared_dir).resolve()
     out = check_output(output, resume)
     lin.manifest_file(prepared_dir)
     check_model(cfg.model.path)
