@@ -192,7 +192,9 @@ def launch_roles(cfg: PPOConfig, output_dir: Path) -> "Roles":
     rewards = [ActorPool(f"reward[{m}]", cfg.reward.num_actors, reward_launcher(m), restarts) for m in range(len(cfg.reward.models))]
     rollout = ActorPool("rollout", cfg.rollout.num_engines, launch_engine, restarts)
     ray.get([reference.ready.remote()])
-    policy.wait_ready() if hasattr(policy, "wait_ready") else None
+    for trainer in (policy, critic):
+        if trainer is not None:
+            trainer.wait_ready(cfg.placement.ready_timeout_s)  # raises the constructor's error, if any
     return Roles(cfg, placement, policy, critic, reference, rewards, rollout, restarts)
 
 
@@ -256,7 +258,6 @@ class Roles:
     # 2 generate
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> Generations:
         ranges = _split(len(prompt_ids), len(self.rollout.actors))
-        ranges = [(a, b) for a, b in ranges]
 
         def call(actor, i):
             a, b = ranges[i]
