@@ -27,7 +27,7 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def train_rm_main(argv: Sequence[str]) -> int:
-    from karma_ray.reward.config import RewardModelConfig
+    from karma_ray.reward.config import CONTROL_VARIANTS, RewardModelConfig
 
     p = _parser("karma train-rm", "Train a karma reward model with Ray Train (TorchTrainer).")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
@@ -44,7 +44,7 @@ def train_rm_main(argv: Sequence[str]) -> int:
     ray_was_running = _ray_running()
     try:
         cfg = load_config(RewardModelConfig, args.config, args.overrides)
-        check_prepared(args.data, need_pairs=cfg.loss.pairwise_on and cfg.input.variant not in ("random", "constant"))
+        check_prepared(args.data, need_pairs=cfg.loss.pairwise_on and cfg.input.variant not in CONTROL_VARIANTS)
         if not args.resume and not args.overwrite:
             prepare_output(args.output, resume=False)  # refuse a used folder before Ray starts
         metrics = run_train_rm(cfg, args.data, args.output, resume=args.resume, overwrite=args.overwrite)

@@ -183,7 +183,6 @@ class PPODriver:
         if self.resume:
             self._load_checkpoint()
         self._pad_id = self.tokenizer.pad_token_id
-        self._eos_id = self.tokenizer.eos_token_id
 
     # -------------------------------------------------------------------------------- the loop
     def fit(self, on_iteration_end: Optional[Callable[["PPODriver", dict], None]] = None) -> list[dict]:
@@ -226,7 +225,7 @@ class PPODriver:
             policy_refs = roles.policy_logprobs(seqs_ref)
             value_refs = roles.critic_values(seqs_ref)
             latency = roles.wait_all(score_refs, ref_ref, policy_refs, value_refs)
-            per_model_scores = roles.collect_scores(score_refs, [p.context for p in rows], responses, [p.metadata for p in rows])
+            per_model_scores = roles.collect_scores(score_refs)
             ref_logprobs = roles.get(ref_ref)
             old_logprobs = roles.get(policy_refs[0])
             values = roles.get(value_refs[0]) if value_refs else None

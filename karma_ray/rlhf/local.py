@@ -60,7 +60,7 @@ class LocalRoles:
     def score_refs(self, contexts: list[str], responses: list[str], metadata: list[dict]) -> list:
         return [w.score(contexts, responses, metadata) for w in self.rewards]
 
-    def collect_scores(self, results: list, *_: Any) -> list[torch.Tensor]:
+    def collect_scores(self, results: list) -> list[torch.Tensor]:
         return [scores for scores, _seconds in results]
 
     def reference_logprobs(self, seqs: Any) -> Any:

@@ -282,7 +282,7 @@ class Roles:
             out.append(pool.submit(call, [i for i, (a, b) in enumerate(ranges) if b > a]))
         return out
 
-    def collect_scores(self, refs: list[dict[int, Any]], *_: Any) -> list[torch.Tensor]:
+    def collect_scores(self, refs: list[dict[int, Any]]) -> list[torch.Tensor]:
         """(B,) scores per reward model; dead reward actors are replaced and re-asked."""
         scores = []
         for m, pool in enumerate(self.rewards):
