@@ -102,10 +102,10 @@ def _run_engine(engine_name: str, model_dir: Path, prompts, sampling, cfg, bucke
         engine.close()
     return {
         "startup_s": round(startup_s, 2),
-        "generate_s": round(gen_s, 3),
+        "generate_s": round(gen_s, 6),
         "tokens": tokens,
         "finished": sum(gens.finished),
-        "tokens_per_s": round(tokens / gen_s, 1),
+        "tokens_per_s": round(tokens / gen_s, 3),
         "sync_s": round(sync_s, 3),
         "sync_mib": round(sync["bytes"] / 2**20, 1),
     }
@@ -149,7 +149,7 @@ def measure_generation(
         out[name] = _run_engine(name, model_dir, prompts, sampling, cfg, buckets, seed)
         gc.collect()
     if "hf" in out and "vllm" in out:
-        out["ratio"] = round(out["vllm"]["tokens_per_s"] / out["hf"]["tokens_per_s"], 2)
+        out["ratio"] = round(out["vllm"]["tokens_per_s"] / out["hf"]["tokens_per_s"], 4)
     return out
 
 

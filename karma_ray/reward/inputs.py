@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -114,8 +115,12 @@ class FeatureSpec:
     @classmethod
     def fit(cls, columns: Mapping[str, Sequence[Any]], n: int, fields: Sequence[str], subreddit_buckets: int) -> "FeatureSpec":
         raw = raw_feature_matrix(columns, n, fields)
-        mean = np.nanmean(raw, axis=0) if n else np.zeros(raw.shape[1])
-        std = np.nanstd(raw, axis=0) if n else np.ones(raw.shape[1])
+        # A column missing in every row (e.g. parent scores absent from early dumps) is legal: numpy
+        # warns "Mean of empty slice" and returns NaN, which becomes mean 0 / std 1 below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(raw, axis=0) if n else np.zeros(raw.shape[1])
+            std = np.nanstd(raw, axis=0) if n else np.ones(raw.shape[1])
         mean = np.nan_to_num(mean, nan=0.0)
         std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)  # a constant column stays 0, not inf
         return cls(tuple(fields), tuple(map(float, mean)), tuple(map(float, std)),
