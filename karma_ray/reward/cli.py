@@ -9,9 +9,10 @@ Config, input and output-folder errors exit 2 before Ray starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from karma_ray.config import ConfigError, describe, load_config
 
@@ -41,19 +42,16 @@ def train_rm_main(argv: Sequence[str]) -> int:
     from karma_ray.reward.data import DataError, check_prepared
     from karma_ray.reward.train import OutputExistsError, prepare_output, run_train_rm
 
-    ray_was_running = _ray_running()
     try:
-        cfg = load_config(RewardModelConfig, args.config, args.overrides)
-        check_prepared(args.data, need_pairs=cfg.loss.pairwise_on and cfg.input.variant not in CONTROL_VARIANTS)
-        if not args.resume and not args.overwrite:
-            prepare_output(args.output, resume=False)  # refuse a used folder before Ray starts
-        metrics = run_train_rm(cfg, args.data, args.output, resume=args.resume, overwrite=args.overwrite)
+        with _ray_started_here_is_shut_down():
+            cfg = load_config(RewardModelConfig, args.config, args.overrides)
+            check_prepared(args.data, need_pairs=cfg.loss.pairwise_on and cfg.input.variant not in CONTROL_VARIANTS)
+            if not args.resume and not args.overwrite:
+                prepare_output(args.output, resume=False)  # refuse a used folder before Ray starts
+            metrics = run_train_rm(cfg, args.data, args.output, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, DataError, OutputExistsError) as exc:
         print(f"karma train-rm: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if not ray_was_running:  # leave a cluster we joined (a test session's, a notebook's) alone
-            _shutdown_ray()
     print(json.dumps({split: {k: v for k, v in m.items() if k != "by_subreddit"} for split, m in metrics.items()}, indent=2))
     print(f"model: {args.output}/model  metrics: {args.output}/metrics.json")
     return 0
@@ -73,30 +71,31 @@ def sweep_rm_main(argv: Sequence[str]) -> int:
     from karma_ray.reward.data import DataError, check_prepared
     from karma_ray.reward.sweep import SweepExistsError, check_sweep_output, render_table, run_sweep
 
-    ray_was_running = _ray_running()
     try:
-        cfg = load_config(SweepConfig, args.config, args.overrides)
-        check_prepared(args.data, need_pairs=any(x.endswith("bt") for x in cfg.search.losses))
-        check_sweep_output(args.output, args.overwrite)
-        table = run_sweep(cfg, args.data, args.output, overwrite=args.overwrite)
+        with _ray_started_here_is_shut_down():
+            cfg = load_config(SweepConfig, args.config, args.overrides)
+            check_prepared(args.data, need_pairs=any(x.endswith("bt") for x in cfg.search.losses))
+            check_sweep_output(args.output, args.overwrite)
+            table = run_sweep(cfg, args.data, args.output, overwrite=args.overwrite)
     except (ConfigError, DataError, SweepExistsError) as exc:
         print(f"karma sweep-rm: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if not ray_was_running:  # leave a cluster we joined (a test session's, a notebook's) alone
-            _shutdown_ray()
     print(render_table(table))
     print(f"results: {args.output}/results.csv  best models: {args.output}/best/<variant>")
     return 0
 
 
-def _ray_running() -> bool:
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+@contextlib.contextmanager
+def _ray_started_here_is_shut_down() -> Iterator[None]:
+    """On exit (error or not), shut down a Ray cluster the body started; leave one we joined (a test
+    session's, a notebook's) alone."""
 
+    def running() -> bool:
+        return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
-def _shutdown_ray() -> None:
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
+    was_running = running()
+    try:
+        yield
+    finally:
+        if not was_running and running():
+            sys.modules["ray"].shutdown()
