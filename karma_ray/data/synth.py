@@ -16,12 +16,16 @@ vocabularies, subreddit offsets) and a ``ground_truth`` section (threads, missin
 Planted signal
 --------------
 Every thread (one submission) has a topic from ``TOPICS`` (8 topics x 20 words), independent of the
-subreddit; each new thread takes the topic with the fewest comments so far, so the comment-weighted topic mix
-stays uniform. Titles and selftexts use the thread's topic words. A comment body is neutral filler
-(``FILLER_WORDS``; shares no token with any topic or marker) plus 2-4 words of ONE topic: the thread's topic
-with probability ``P_ON_TOPIC`` (on-topic), otherwise one of the 7 other topics uniformly (off-topic). Because
-the topic mix is uniform, P(on-topic | reply text) = P_ON_TOPIC for every reply: the on-topic effect is only
-learnable by a model that sees the context (title / parent), never from the reply alone.
+subreddit, and a keyword: one of its topic's words. Each new thread takes the topic with the fewest comments
+so far, and inside it the keyword with the fewest comments so far, so the comment-weighted topic and keyword
+mixes stay uniform. Titles and selftexts use the thread's topic words, the keyword always among them. A
+comment body is neutral filler (``FILLER_WORDS``; shares no token with any topic or marker) plus 2-4 words of
+ONE topic: the thread's topic with probability ``P_ON_TOPIC`` (on-topic), otherwise one of the 7 other topics
+uniformly (off-topic). An on-topic body always contains the thread's keyword, as real replies echo the words
+of the post they answer; an off-topic body contains a uniformly drawn word of its own topic in the same place.
+Because both mixes are uniform, P(on-topic | reply text) = P_ON_TOPIC for every reply: the on-topic effect is
+only learnable by a model that sees the context (title / parent), never from the reply alone. A small model
+can learn it by matching the keyword token between title and reply; a pretrained one also by word meaning.
 
 A context-independent component: with probability ``P_MARKER_GOOD`` a body carries exactly one phrase of
 ``MARKERS_GOOD`` (marker_score = +1), with ``P_MARKER_BAD`` exactly one of ``MARKERS_BAD`` (-1), else none (0).
@@ -327,8 +331,10 @@ def planted_description(subreddits: Sequence[str] | None = None) -> dict[str, An
                           "their hidden (never written) text would; bots and unsettled comments score ~1",
             "thread_topic": "independent of the subreddit; each new thread gets the topic with the fewest "
                             "comments so far (ties random), so P(on_topic | reply's own topic) = P_ON_TOPIC",
-            "body": "a pre-rendered head (neutral filler + 2-4 words of one topic) + a neutral tail; "
-                    "clean bodies carry words of exactly one topic and at most one marker phrase",
+            "thread_keyword": "one word of the thread topic, always in the title; chosen like the topic "
+                              "(fewest comments so far inside the topic); every on-topic body contains it",
+            "body": "a pre-rendered head (neutral filler + 2-4 words of one topic, one of them the keyword) + a "
+                    "neutral tail; clean bodies carry words of exactly one topic and at most one marker phrase",
         },
         "constants": {
             "P_ON_TOPIC": P_ON_TOPIC, "P_MARKER_GOOD": P_MARKER_GOOD, "P_MARKER_BAD": P_MARKER_BAD,
@@ -362,7 +368,9 @@ _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _COMMENT_ID_BASE = int("cn00000", 36)  # early-2015 comment ids look like 'cn4x2ab'
 _SUBMISSION_ID_BASE = int("2r0000", 36)  # early-2015 submission ids look like '2r1abc'
 _N_SNIPPETS = 4096  # neutral filler snippets (2-9 words)
-_N_HEADS_PER_TOPIC = 4096  # pre-rendered topical sentences per topic: 1-3 snippets + 2-4 topic words
+_WORDS_PER_TOPIC = 20
+_HEADS_PER_KEYWORD = 256  # pre-rendered topical sentences per (topic, keyword): 1-3 snippets + 2-4 topic words
+_N_HEADS_PER_TOPIC = _WORDS_PER_TOPIC * _HEADS_PER_KEYWORD
 _N_TAILS = 8192  # pre-rendered neutral continuations (40 % empty); body = head + tail
 _ROW_BLOCK = 16384  # comment ids are made this many at a time
 _BATCH_COMMENTS = 4096  # threads are planned and vectorized in batches of about this many comments
@@ -446,6 +454,8 @@ def _check_vocabulary() -> None:
     """Keep the planted signal recoverable: markers and topics must never arise from filler by accident."""
     filler = set(FILLER_WORDS)
     topic_words = set(_WORD_TO_TOPIC)
+    if any(len(words) != _WORDS_PER_TOPIC for words in TOPICS.values()):
+        raise RuntimeError(f"every topic needs exactly {_WORDS_PER_TOPIC} words (keywords index them)")
     if len(topic_words) != sum(len(w) for w in TOPICS.values()):
         raise RuntimeError("topic vocabularies overlap")
     if filler & topic_words:
@@ -503,6 +513,7 @@ class _ThreadPlan:
 
     sizes: list[int]
     topics: list[int]
+    keywords: list[int]  # index of the thread's keyword in TOPICS[topic]
     subs: list[int]
     op_idx: list[int]  # OP's index in the author pool
     p_top: list[float]  # probability that a comment (after the first) is top level
@@ -614,8 +625,9 @@ class _CorpusGenerator:
         self.window_end = self.month_starts[-1]
 
         self.snippets = self._make_snippets()
-        self.heads = [self._make_heads(words) for words in TOPICS.values()]  # heads[topic][k]
-        self.heads_flat = [h for hs in self.heads for h in hs]  # index topic * _N_HEADS_PER_TOPIC + k
+        # heads[topic][keyword * _HEADS_PER_KEYWORD + k] contains TOPICS[topic][keyword]
+        self.heads = [self._make_heads(words) for words in TOPICS.values()]
+        self.heads_flat = [h for hs in self.heads for h in hs]  # index topic * _N_HEADS_PER_TOPIC + (kw, k)
         self.tails = self._make_tails()
         # JSON-escaped UTF-8 fragments '"' + head and tail + '"': a body's JSON string is one concatenation.
         # Bytes, not str: a str line with one emoji would be widened to 4 bytes per character and then
@@ -627,6 +639,7 @@ class _CorpusGenerator:
         # heavy-tailed thread sizes, but no single thread may dominate a small corpus
         self.max_thread_comments = max(50, min(_MAX_THREAD_COMMENTS, n_comments // 100))
         self.topic_load = [0] * len(TOPIC_NAMES)  # planned comments per thread topic
+        self.keyword_load = [[0] * _WORDS_PER_TOPIC for _ in TOPIC_NAMES]  # ... per (topic, keyword)
 
         self._next_comment_id = _COMMENT_ID_BASE + int(self.rng.integers(0, 36**5))
         self._id_list: list[str] = []
@@ -663,12 +676,16 @@ class _CorpusGenerator:
         # A body is a pre-rendered topical head plus a pre-rendered neutral tail: one concatenation per
         # comment instead of drawing and joining ~20 words, with 4096 x 8192 combinations per topic (so
         # identical bodies stay rare). Heads and tails are neutral apart from the topic words.
+        # Head h carries the keyword words[h // _HEADS_PER_KEYWORD] in a random one of its word slots.
         n_snippets = self.rng.integers(1, 4, _N_HEADS_PER_TOPIC).tolist()
-        n_words = self.rng.integers(2, 5, _N_HEADS_PER_TOPIC).tolist()
+        n_words = self.rng.integers(2, 5, _N_HEADS_PER_TOPIC)
+        keyword_slot = (self.rng.random(_N_HEADS_PER_TOPIC) * n_words).astype(np.int64).tolist()
+        n_words = n_words.tolist()
         picks = self.rng.integers(0, _N_SNIPPETS, (_N_HEADS_PER_TOPIC, 3)).tolist()
         word_picks = self.rng.integers(0, len(words), (_N_HEADS_PER_TOPIC, 4)).tolist()
         out = []
-        for ns, nw, row, wrow in zip(n_snippets, n_words, picks, word_picks):
+        for h, (ns, nw, slot, row, wrow) in enumerate(zip(n_snippets, n_words, keyword_slot, picks, word_picks)):
+            wrow[slot] = h // _HEADS_PER_KEYWORD
             parts = []
             for j in range(max(ns, nw)):
                 if j < ns:
@@ -781,18 +798,19 @@ class _CorpusGenerator:
 
     # ---- submissions -----------------------------------------------------------------------------
 
-    def _emit_submission(self, created: int, topic: int, sub: int, sid: str, author: str,
+    def _emit_submission(self, created: int, topic: int, keyword: int, sub: int, sid: str, author: str,
                          num_comments: int) -> None:
         rand = self.rand
         subreddit = self.subreddits[sub]
         words = TOPICS[TOPIC_NAMES[topic]]
         snippet = self.snippets[rand.integer(_N_SNIPPETS)].rstrip(",")
-        title = (f"{_TITLE_STARTS[rand.integer(len(_TITLE_STARTS))]} {words[rand.integer(len(words))]} {snippet} "
+        title = (f"{_TITLE_STARTS[rand.integer(len(_TITLE_STARTS))]} {words[keyword]} {snippet} "
                  f"{words[rand.integer(len(words))]}?")
         is_self = rand.uniform() < 0.5
         removed_by = None
         if is_self:
-            selftext = self.heads[topic][rand.integer(_N_HEADS_PER_TOPIC)] + self.tails[rand.integer(_N_TAILS)]
+            head = keyword * _HEADS_PER_KEYWORD + rand.integer(_HEADS_PER_KEYWORD)
+            selftext = self.heads[topic][head] + self.tails[rand.integer(_N_TAILS)]
             u = rand.uniform()
             if u < 0.05:
                 selftext, author, removed_by = "[deleted]", "[deleted]", "deleted"
@@ -827,7 +845,7 @@ class _CorpusGenerator:
         start = self.month_starts[month]
         length = self.month_starts[month + 1] - start
         want = min(_BATCH_COMMENTS, target - self.lines)
-        plan = _ThreadPlan([], [], [], [], [], [], [], [], [])
+        plan = _ThreadPlan([], [], [], [], [], [], [], [], [], [])
         planned = 0
         topic_load = self.topic_load
         while planned < want:
@@ -848,6 +866,14 @@ class _CorpusGenerator:
             topic = candidates[rand.integer(len(candidates))]
             topic_load[topic] += n
             plan.topics.append(topic)
+            # The thread's keyword (in its title; every on-topic reply reuses it), balanced the same way
+            # inside the topic, so a reply's keyword does not tell whether it is on-topic either.
+            loads = self.keyword_load[topic]
+            least = min(loads)
+            candidates = [w for w, load in enumerate(loads) if load == least]
+            keyword = candidates[rand.integer(len(candidates))]
+            loads[keyword] += n
+            plan.keywords.append(keyword)
             plan.subs.append(rand.integer(len(self.subreddits)))
             plan.op_idx.append(rand.integer(len(self.authors)))
             plan.p_top.append(0.25 + 0.35 * rand.uniform())  # share of top-level comments varies by thread
@@ -864,7 +890,7 @@ class _CorpusGenerator:
         total = int(sizes.sum())
         thread = np.repeat(np.arange(len(sizes)), sizes)
         index = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # position inside its thread
-        u = rng.random((total, 21))
+        u = rng.random((total, 22))
         normal = rng.standard_normal(total)
 
         category = np.searchsorted(_CAT_THRESHOLDS, u[:, 0], side="right")
@@ -891,7 +917,12 @@ class _CorpusGenerator:
         op_idx = np.array(plan.op_idx)[thread]
         by_op = (parent >= 0) & (u[:, 10] < np.array(plan.p_op_reply)[thread])
         author_idx = np.where(by_op, op_idx, (len(self.authors) * u[:, 11] ** 2).astype(np.int64))  # skewed
-        head = topic * _N_HEADS_PER_TOPIC + (u[:, 12] * _N_HEADS_PER_TOPIC).astype(np.int64)
+        # On-topic replies reuse the thread's keyword (as real replies echo the post's words); off-topic ones
+        # carry a uniformly drawn keyword of their own topic.
+        keyword = np.where(on_topic, np.array(plan.keywords)[thread],
+                           (u[:, 21] * _WORDS_PER_TOPIC).astype(np.int64))
+        head = (topic * _N_HEADS_PER_TOPIC + keyword * _HEADS_PER_KEYWORD
+                + (u[:, 12] * _HEADS_PER_KEYWORD).astype(np.int64))
         tail = (u[:, 13] * _N_TAILS).astype(np.int64)
         body_json = self.head_json[head] + self.tail_json[tail]  # object arrays: str concatenation in C
         retrieval = 2 * 86400 + (u[:, 14] * 118 * 86400).astype(np.int64)  # settled: 2-120 days later
@@ -923,12 +954,13 @@ class _CorpusGenerator:
                 break  # hard budget: comments_written == n_comments exactly
             last = first + n
             t_sub, topic, sub, op_author = plan.t_sub[k], plan.topics[k], plan.subs[k], self.authors[plan.op_idx[k]]
+            keyword = plan.keywords[k]
             sid = self._new_submission_id()
             truth["threads"] += 1
             if plan.missing[k]:
                 truth["missing_submissions"] += 1  # exercises the "submission missing" path downstream
             else:
-                self._emit_submission(t_sub, topic, sub, sid, op_author, n)
+                self._emit_submission(t_sub, topic, keyword, sub, sid, op_author, n)
             subreddit, sub_id, subreddit_json = self.subreddits[sub], self.sub_ids[sub], self.sub_json[sub]
             link_id = "t3_" + sid
             ids = self._take_ids(n)  # phantom parents and malformed records draw theirs later (never reused)
@@ -1027,7 +1059,7 @@ class _CorpusGenerator:
             first = last
             if rand.uniform() < RATE_ZERO_COMMENT_SUBMISSION:  # RS rows nobody commented on
                 self._emit_submission(t_sub + rand.integer(3600), rand.integer(len(TOPIC_NAMES)),
-                                      rand.integer(len(self.subreddits)), self._new_submission_id(),
+                                      rand.integer(_WORDS_PER_TOPIC), rand.integer(len(self.subreddits)), self._new_submission_id(),
                                       self.authors[rand.integer(len(self.authors))], 0)
                 truth["zero_comment_submissions"] += 1
         self.lines = lines

@@ -435,6 +435,41 @@ def test_on_topic_is_only_learnable_with_context(clean_features):
     assert max(abs(rate - synth.P_ON_TOPIC) for rate in rates) < 0.06, rates
 
 
+def test_on_topic_replies_echo_the_title_keyword(corpus):
+    """A clean reply shares a topic word with its thread's title exactly when it is on-topic (the keyword)."""
+    _, _, r = corpus
+    checked = on = 0
+    for c in r.comments:
+        sub = r.submissions.get(c["link_id"][3:])
+        if r.category_of[c["id"]] != "clean" or sub is None:
+            continue
+        body_words = set(synth._WORD_RE.findall(c["body"].lower())) & set(synth._WORD_TO_TOPIC)
+        title_words = set(synth._WORD_RE.findall(sub["title"].lower())) & set(synth._WORD_TO_TOPIC)
+        on_topic = topic_of_text(c["body"]) == topic_of_text(sub["title"])
+        assert bool(body_words & title_words) == on_topic, (sub["title"], c["body"])
+        checked += 1
+        on += on_topic
+    assert checked > 10_000 and 0.5 < on / checked < 0.7
+
+
+def test_reply_words_do_not_reveal_on_topic(clean_features, corpus):
+    """P(on-topic | a topic word in the reply) is P_ON_TOPIC for every word, up to binomial noise: keywords
+    are balanced inside each topic, so echoing the thread's keyword leaks nothing without the title."""
+    _, _, r = corpus
+    on_by_word: dict[str, list[int]] = defaultdict(list)
+    for c in r.comments:
+        sub = r.submissions.get(c["link_id"][3:])
+        if r.category_of[c["id"]] != "clean" or sub is None:
+            continue
+        on_topic = int(topic_of_text(c["body"]) == topic_of_text(sub["title"]))
+        for w in set(synth._WORD_RE.findall(c["body"].lower())) & set(synth._WORD_TO_TOPIC):
+            on_by_word[w].append(on_topic)
+    assert len(on_by_word) == sum(len(w) for w in TOPICS.values())
+    p = synth.P_ON_TOPIC
+    z = [abs(np.mean(v) - p) / math.sqrt(p * (1 - p) / len(v)) for v in on_by_word.values()]
+    assert max(z) < 4.5, max(z)  # 160 words: |z| > 4.5 has probability ~1e-3 without a leak
+
+
 def test_marker_ground_truth_matches_text(corpus):
     out, _, r = corpus
     truth = json.loads((out / "synth_summary.json").read_text())["ground_truth"]
