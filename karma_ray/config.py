@@ -207,12 +207,15 @@ class PrepareConfig:
     split: SplitConfig = section(SplitConfig, "Deterministic train/val/test split by thread.")
     ray: RayConfig = section(RayConfig, "The Ray cluster the pipeline runs on.")
     shuffle_partitions: int | None = option(
-        None, "Partitions of the hash shuffle (None: 2 x cluster CPUs, at least 4); the sort shuffle makes one per input block."
+        None, "Partitions of the 'partition' and 'hash' groupings (None: 2 x cluster CPUs, at least 4; 'partition' "
+        "also adds one per ~256 MiB of input JSON so memory stays flat); the sort shuffle makes one per input block."
     )
-    shuffle: Literal["sort", "hash"] = option(
-        "sort",
-        "Group-by-thread shuffle. 'sort': Ray Data's sort-based shuffle; blocks live in the object store "
-        "and can spill to disk (peak memory grew 1.32x for a 4x corpus, benchmarks/RESULTS.md). "
+    shuffle: Literal["partition", "sort", "hash"] = option(
+        "partition",
+        "Group-by-thread step. 'partition': the parse tasks already split each chunk by a stable hash of "
+        "link_id, one task per partition concatenates its pieces, and Ray Data builds threads over those "
+        "whole-partition blocks (one all-to-all exchange, no sort; measured in benchmarks/RESULTS.md). "
+        "'sort': Ray Data's sort-based shuffle; blocks live in the object store and can spill to disk. "
         "'hash': Ray's hash shuffle (SHUFFLE_V2), whose aggregator actors hold partitions in heap "
         "memory until all input is read.",
     )

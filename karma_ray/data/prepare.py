@@ -4,8 +4,10 @@
                      or chunk shard of a big compressed one: decompress, cut newline-aligned
                      chunks, parse, apply record filters; blocks go to the object store
                                                                    (sources.py, records.py)
-    3.   group       Ray Data shuffle by link_id (sort-based by default, its blocks live in the
-                     object store and can spill; or hash), so whole threads meet in one block
+    3.   group       whole threads meet in one block. Default ('partition'): the parse tasks split
+                     every chunk by a stable hash of link_id, and one Ray task per partition
+                     concatenates its pieces, a single all-to-all exchange through the object store.
+                     Alternatives: Ray Data's sort shuffle or hash shuffle by link_id
     4.   build       Ray Data map over whole blocks: contexts, labels, pairs, ledger  (threads.py)
     5.   stage       Parquet partitioned by output kind
     6.   count       Ray tasks over staged ledger files -> the manifest's counts
@@ -15,6 +17,11 @@ Why read+parse are plain Ray tasks feeding Ray Data, not a Ray Data read operato
 2 CPUs, 1M comments): as an operator upstream of an all-to-all shuffle, Ray Data's scheduler ran
 the read tasks one at a time (37 s of 67 s), and with a separate parse operator a back-pressured
 read task kept its CPU slot. Submitted as tasks, every file is read at once.
+
+Why the default grouping is our own exchange rather than a Ray Data shuffle (2 CPUs, 1M comments):
+the sort shuffle cost ~10 s of a 30 s main pass (sampling, sorting and merging a key we only need
+grouped, not ordered), while cutting each parsed chunk into partitions costs well under a second in
+the tasks that already hold it; building and writing stay on Ray Data.
 
 Every input line ends as exactly one example row or one ledger row, so
 `records_read == records_malformed + sum(dropped) + examples_written` is a count of written rows,
@@ -28,10 +35,12 @@ import os
 import shutil
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -46,10 +55,33 @@ class OutputExistsError(FileExistsError):
     pass
 
 
-def read_records(f: sources.InputFile, plan: tuple[str, int, int], chunk_bytes: int, filters: Any) -> Iterator[pa.Table]:
+def thread_partition(link_ids: pa.Array | pa.ChunkedArray, n_partitions: int) -> pa.Array:
+    """Partition index in [0, n_partitions) of every row: crc32 of its link_id (stable across processes,
+    unlike Python's salted hash()), computed once per distinct thread of the chunk."""
+    encoded = pc.dictionary_encode(link_ids)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    keys = [zlib.crc32(k.encode()) % n_partitions for k in encoded.dictionary.to_pylist()]
+    return pc.take(pa.array(keys, pa.int32()), encoded.indices)
+
+
+def split_by_thread(table: pa.Table, n_partitions: int) -> list[pa.Table]:
+    """`table` cut into n_partitions tables (some maybe empty); all rows of a thread land in the same one."""
+    part = thread_partition(table["link_id"], n_partitions)
+    return [table.filter(pc.equal(part, p)) for p in range(n_partitions)]
+
+
+def concat_partition(*pieces: pa.Table) -> pa.Table:
+    """Ray task body: one partition's pieces from every parse task -> one block of whole threads."""
+    return pa.concat_tables(pieces) if pieces else records.RECORD_SCHEMA.empty_table()
+
+
+def read_records(f: sources.InputFile, plan: tuple[str, int, int], chunk_bytes: int, filters: Any,
+                 n_partitions: int = 0) -> Iterator[pa.Table]:
     """Ray task body (streaming generator): decompress, parse and filter one file / byte range /
     chunk shard, yielding RECORD_SCHEMA blocks chunk by chunk (plus a marker row when the file
-    ended early)."""
+    ended early). With n_partitions > 0 each chunk is yielded as n_partitions blocks, block i of
+    the stream belonging to partition i % n_partitions (split_by_thread)."""
     kind, a, b = plan
     if kind == "range":
         chunks = sources.iter_range_chunks(f, a, b, chunk_bytes)
@@ -62,7 +94,22 @@ def read_records(f: sources.InputFile, plan: tuple[str, int, int], chunk_bytes: 
         table = records.parse_and_filter(c.data, info, filters, truncated_tail=c.truncated_tail)
         if c.truncated_tail:
             table = pa.concat_tables([table, _truncation_row(info, c.error)])
-        yield table
+        # explicit loops, not `yield from`: Ray drives a streaming generator with send(), which a
+        # delegated list iterator does not have
+        for piece in split_by_thread(table, n_partitions) if n_partitions else [table]:
+            yield piece
+
+
+def read_parquet_records(path: str, batch_rows: int, filters: Any, n_partitions: int) -> Iterator[pa.Table]:
+    """Ray task body (streaming generator): a Parquet input with Pushshift field names, batch by batch,
+    through parse_parquet_batch, split like read_records."""
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        table = pa.Table.from_batches([batch])
+        table = table.append_column("__source", pa.repeat(pa.scalar(path), table.num_rows))
+        for piece in split_by_thread(parse_parquet_batch(table, filters), n_partitions):
+            yield piece
 
 
 def _truncation_row(info: records.ChunkInfo, error: str | None) -> pa.Table:
@@ -83,7 +130,7 @@ def configure_data_context(cfg: PrepareConfig) -> None:
     ctx.op_resource_reservation_enabled = False
     if cfg.shuffle == "sort":
         ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    else:
+    elif cfg.shuffle == "hash":
         ctx.shuffle_strategy = ShuffleStrategy.SHUFFLE_V2
         # Aggregators only hold partitions until all input is read, and by default reserve up
         # to 25% of the CPUs for it, which starves the tasks that feed them on a small cluster.
@@ -115,6 +162,45 @@ def parse_parquet_batch(batch: pa.Table, filters: Any) -> pa.Table:
 
 def build_stage_batch(batch: pa.Table, cfg: PrepareConfig) -> pa.Table:
     return threads.build_block(batch, cfg)
+
+
+BUILD_SLICE_ROWS = 20_000  # records per build_block call inside one partition (whole threads)
+
+
+def build_stage_slices(block: pa.Table, cfg: PrepareConfig) -> Iterator[pa.Table]:
+    """A whole partition -> its stage rows, built and yielded in slices of whole threads of about
+    BUILD_SLICE_ROWS records. build_block turns its logic columns into Python lists; a slice at a
+    time keeps that (and the output, which Ray Data takes block by block) from growing with the
+    partition."""
+    if block.num_rows <= BUILD_SLICE_ROWS:
+        yield threads.build_block(block, cfg)
+        return
+    block = block.sort_by([("link_id", "ascending")])
+    links = block["link_id"].combine_chunks()
+    # row i starts a new thread where link_id changes; slices are cut only there
+    starts = np.flatnonzero(np.asarray(pc.not_equal(links[1:], links[:-1]).to_numpy(zero_copy_only=False))) + 1
+    cuts = [0]
+    for target in range(BUILD_SLICE_ROWS, block.num_rows, BUILD_SLICE_ROWS):
+        k = int(np.searchsorted(starts, max(target, cuts[-1] + 1)))
+        if k < len(starts):
+            cuts.append(int(starts[k]))
+    cuts = sorted(set(cuts)) + [block.num_rows]
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        yield threads.build_block(block.slice(a, b - a), cfg)
+
+
+def partition_count(files: list[sources.InputFile], cpus: int, configured: int | None) -> int:
+    """Partitions of the 'partition' grouping: the configured number, else at least 2 per CPU (and 4),
+    and more for big inputs so a partition stays near PARTITION_TARGET_BYTES of input JSON and peak
+    memory stays flat as the corpus grows."""
+    if configured:
+        return configured
+    estimated = sum(f.size_bytes * (COMPRESSION_RATIO_ESTIMATE if f.compression != "none" else 1) for f in files)
+    return max(4, 2 * cpus, -(-estimated // PARTITION_TARGET_BYTES))
+
+
+PARTITION_TARGET_BYTES = 256 << 20
+COMPRESSION_RATIO_ESTIMATE = 8  # Pushshift JSON under zstd/gzip: ~6-10x (as tasks_per_file assumes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,40 +309,14 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
     chunk_bytes = cfg.read.chunk_mib << 20
 
     t_main = time.perf_counter()
-    parts = []
-    if text_files:
-        # 1-2. read + parse: one Ray task per file, byte range or chunk shard, all submitted at
-        # once; each streams RECORD_SCHEMA blocks (a streaming generator) into the object store,
-        # where Ray Data takes them over. Measured on 2 CPUs / 1M comments: the same tasks as a
-        # Ray Data read operator ran one at a time once the shuffle was downstream (its scheduler
-        # split 2 CPUs between operators), 2x slower end to end.
-        shares = tasks_per_file(text_files, cpus, chunk_bytes, cfg.read.max_tasks_per_file)
-        read_task = ray.remote(num_returns="streaming")(read_records)
-        generators = [
-            read_task.remote(f, plan, chunk_bytes, cfg.filters)
-            for f in text_files
-            for plan in sources.read_plan(f, chunk_bytes, shares.get(f.path, 1))
-        ]
-        block_refs = [ref for gen in generators for ref in gen]
-        parts.append(ray.data.from_arrow_refs(block_refs))
-    if parquet_files:
-        pq = ray.data.read_parquet([f.path for f in parquet_files], include_paths=True)
-        pq = pq.rename_columns({"path": "__source"}) if "path" in (pq.schema().names or []) else pq
-        parts.append(pq.map_batches(parse_parquet_batch, batch_format="pyarrow", fn_kwargs={"filters": cfg.filters}))
-    record_ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-
-    # 3. group: whole threads must meet in one block. Both strategies give the guarantee Ray's own
-    # groupby().map_groups() relies on (ray/data/grouped_data.py, Ray 2.60): after a keyed
-    # repartition (hash) or a sort (range partitions), a block holds whole groups. Processing a
-    # whole block per call avoids a Python call per thread.
-    if cfg.shuffle == "sort":
-        grouped = record_ds.sort("link_id")  # as many range partitions as input blocks
+    if cfg.shuffle == "partition":
+        grouped = _read_partitioned(text_files, parquet_files, cfg, cpus, chunk_bytes)
+        build = build_stage_slices  # a partition is big: built and handed on in slices
     else:
-        # No sort=True: build_block sorts its block by link_id itself.
-        n_partitions = cfg.shuffle_partitions or max(4, 2 * cpus)
-        grouped = record_ds.repartition(n_partitions, keys=["link_id"])
+        grouped = _read_shuffled(text_files, parquet_files, cfg, cpus, chunk_bytes)
+        build = build_stage_batch
     # 4. build
-    stage_ds = grouped.map_batches(build_stage_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
+    stage_ds = grouped.map_batches(build, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
     staging = out / "_staging"
     stage_ds.write_parquet(str(staging), partition_cols=["output"], min_rows_per_file=cfg.rows_per_file)
     timings["read_parse_group_build"] = time.perf_counter() - t_main
@@ -308,6 +368,71 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
         summary += f"\n![prepare report]({report.name})\n"
     (out / "summary.md").write_text(summary)
     return manifest
+
+
+def _read_partitioned(text_files: list, parquet_files: list, cfg: PrepareConfig, cpus: int, chunk_bytes: int):
+    """1-3. read + parse + group ('partition'): a Dataset whose every block holds whole threads."""
+    import ray
+
+    n_partitions = partition_count(text_files + parquet_files, cpus, cfg.shuffle_partitions)
+    # 1-2. One Ray task per file, byte range or chunk shard, all submitted at once; each yields every
+    # parsed chunk already cut into n_partitions pieces (block i of a stream is partition i % n).
+    shares = tasks_per_file(text_files, cpus, chunk_bytes, cfg.read.max_tasks_per_file)
+    read_task = ray.remote(num_returns="streaming")(read_records)
+    generators = [
+        read_task.remote(f, plan, chunk_bytes, cfg.filters, n_partitions)
+        for f in text_files
+        for plan in sources.read_plan(f, chunk_bytes, shares.get(f.path, 1))
+    ]
+    parquet_task = ray.remote(num_returns="streaming")(read_parquet_records)
+    generators += [parquet_task.remote(f.path, 65_536, cfg.filters, n_partitions) for f in parquet_files]
+    pieces: list[list] = [[] for _ in range(n_partitions)]
+    for gen in generators:
+        for i, ref in enumerate(gen):
+            pieces[i % n_partitions].append(ref)
+    # 3. The exchange: one task per partition concatenates its pieces (refs passed as arguments, so Ray
+    # moves them to the task; the driver never holds the data).
+    concat = ray.remote(concat_partition)
+    merged = [concat.remote(*refs) for refs in pieces]
+    del pieces, generators  # the pieces are freed once their partition is concatenated
+    return ray.data.from_arrow_refs(merged)
+
+
+def _read_shuffled(text_files: list, parquet_files: list, cfg: PrepareConfig, cpus: int, chunk_bytes: int):
+    """1-3. read + parse + group ('sort' / 'hash'): Ray Data shuffles the parsed records by link_id."""
+    import ray
+
+    parts = []
+    if text_files:
+        # 1-2. read + parse: one Ray task per file, byte range or chunk shard, all submitted at
+        # once; each streams RECORD_SCHEMA blocks (a streaming generator) into the object store,
+        # where Ray Data takes them over. Measured on 2 CPUs / 1M comments: the same tasks as a
+        # Ray Data read operator ran one at a time once the shuffle was downstream (its scheduler
+        # split 2 CPUs between operators), 2x slower end to end.
+        shares = tasks_per_file(text_files, cpus, chunk_bytes, cfg.read.max_tasks_per_file)
+        read_task = ray.remote(num_returns="streaming")(read_records)
+        generators = [
+            read_task.remote(f, plan, chunk_bytes, cfg.filters)
+            for f in text_files
+            for plan in sources.read_plan(f, chunk_bytes, shares.get(f.path, 1))
+        ]
+        block_refs = [ref for gen in generators for ref in gen]
+        parts.append(ray.data.from_arrow_refs(block_refs))
+    if parquet_files:
+        pq = ray.data.read_parquet([f.path for f in parquet_files], include_paths=True)
+        pq = pq.rename_columns({"path": "__source"}) if "path" in (pq.schema().names or []) else pq
+        parts.append(pq.map_batches(parse_parquet_batch, batch_format="pyarrow", fn_kwargs={"filters": cfg.filters}))
+    record_ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+    # 3. group: whole threads must meet in one block. Both strategies give the guarantee Ray's own
+    # groupby().map_groups() relies on (ray/data/grouped_data.py, Ray 2.60): after a keyed
+    # repartition (hash) or a sort (range partitions), a block holds whole groups. Processing a
+    # whole block per call avoids a Python call per thread.
+    if cfg.shuffle == "sort":
+        return record_ds.sort("link_id")  # as many range partitions as input blocks
+    # No sort=True: build_block sorts its block by link_id itself.
+    n_partitions = cfg.shuffle_partitions or max(4, 2 * cpus)
+    return record_ds.repartition(n_partitions, keys=["link_id"])
 
 
 def _parquet_files(folder: Path) -> list[Path]:

@@ -193,6 +193,18 @@ class DebugConfig:
     kill_rank: int = option(0, "Rank that kills itself.")
 
 
+def _check_fits_local_cluster(rm: "RewardModelConfig", extra_cpus: float, what: str) -> None:
+    """A local cluster of ray.num_cpus CPUs must hold the CPUs asked for; otherwise Ray Train waits for
+    workers that can never be placed (it retries the worker group start forever), so say it now."""
+    if rm.ray.address is not None or rm.ray.num_cpus is None:
+        return  # an existing or autoscaling cluster: its size is not known here
+    need = extra_cpus + rm.scaling.num_workers * rm.scaling.cpus_per_worker
+    if need > rm.ray.num_cpus + 1e-9:
+        raise ConfigError(
+            f"{what} need {need:g} CPUs but the local cluster has ray.num_cpus={rm.ray.num_cpus}: lower "
+            f"scaling.cpus_per_worker or scaling.num_workers (torch threads: train.threads_per_worker)")
+
+
 @dataclass(frozen=True)
 class RewardModelConfig:
     model: ModelConfig = section(ModelConfig, "Backbone and heads.")
@@ -211,6 +223,7 @@ class RewardModelConfig:
             raise ConfigError(f"model.backbone is required for variant '{self.input.variant}'")
         if self.debug.kill_rank >= self.scaling.num_workers:
             raise ConfigError("debug.kill_rank must be < scaling.num_workers")
+        _check_fits_local_cluster(self, extra_cpus=0.0, what="the training workers")
 
 
 @dataclass(frozen=True)
@@ -248,5 +261,6 @@ class SweepConfig:
     search: SearchConfig = section(SearchConfig, "The search space and scheduler.")
 
     def validate(self) -> None:
+        _check_fits_local_cluster(self.rm, extra_cpus=self.search.trial_cpus, what="one trial (search.trial_cpus + its workers)")
         if any(v in TEXT_VARIANTS for v in self.search.variants) and not self.rm.model.backbone:
             raise ConfigError("rm.model.backbone is required when search.variants has a text variant")

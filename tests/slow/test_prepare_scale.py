@@ -12,7 +12,7 @@ from tests.conftest import PUSHSHIFT, REPO, need_shared
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
-@pytest.mark.parametrize("shuffle", ["sort", "hash"])
+@pytest.mark.parametrize("shuffle", ["partition", "sort", "hash"])
 def test_100k_synthetic_matches_ground_truth_with_either_shuffle(ray_cluster, tmp_path, shuffle):
     truth = write_synthetic_corpus(tmp_path / "corpus", 100_000, seed=11)
     cfg = load_config(PrepareConfig, REPO / "configs" / "data" / "synthetic.yaml",

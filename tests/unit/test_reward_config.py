@@ -95,3 +95,16 @@ def test_importing_the_reward_package_does_not_import_ray_deepspeed_or_vllm():
             "print(sorted(m for m in ('ray', 'deepspeed', 'vllm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+def test_workers_that_cannot_fit_the_local_cluster_are_a_config_error():
+    """Ray Train would retry placing such workers forever; the config says so before Ray starts."""
+    base = ["rm.model.backbone=x", "rm.ray.num_cpus=2", "rm.scaling.num_workers=1"]
+    with pytest.raises(ConfigError, match=r"need 2.1 CPUs but the local cluster has ray.num_cpus=2"):
+        load_config(SweepConfig, None, base + ["rm.scaling.cpus_per_worker=2"])  # + 0.1 for the trial
+    assert load_config(SweepConfig, None, base + ["rm.scaling.cpus_per_worker=1.9"]).rm.scaling.cpus_per_worker == 1.9
+    with pytest.raises(ConfigError, match=r"need 3 CPUs"):
+        load_config(RewardModelConfig, None, ["model.backbone=x", "ray.num_cpus=2", "scaling.num_workers=3"])
+    assert load_config(RewardModelConfig, None, ["model.backbone=x", "ray.num_cpus=2", "scaling.cpus_per_worker=2"])
+    # an existing cluster's size is not known here: no check
+    load_config(RewardModelConfig, None, ["model.backbone=x", "ray.address=auto", "scaling.num_workers=8"])
