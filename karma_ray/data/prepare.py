@@ -375,15 +375,9 @@ def _read_partitioned(text_files: list, parquet_files: list, cfg: PrepareConfig,
     import ray
 
     n_partitions = partition_count(text_files + parquet_files, cpus, cfg.shuffle_partitions)
-    # 1-2. One Ray task per file, byte range or chunk shard, all submitted at once; each yields every
-    # parsed chunk already cut into n_partitions pieces (block i of a stream is partition i % n).
-    shares = tasks_per_file(text_files, cpus, chunk_bytes, cfg.read.max_tasks_per_file)
-    read_task = ray.remote(num_returns="streaming")(read_records)
-    generators = [
-        read_task.remote(f, plan, chunk_bytes, cfg.filters, n_partitions)
-        for f in text_files
-        for plan in sources.read_plan(f, chunk_bytes, shares.get(f.path, 1))
-    ]
+    # 1-2. Each read task yields every parsed chunk already cut into n_partitions pieces (block i of
+    # a stream is partition i % n).
+    generators = _submit_reads(text_files, cfg, cpus, chunk_bytes, n_partitions)
     parquet_task = ray.remote(num_returns="streaming")(read_parquet_records)
     generators += [parquet_task.remote(f.path, 65_536, cfg.filters, n_partitions) for f in parquet_files]
     pieces: list[list] = [[] for _ in range(n_partitions)]
@@ -398,25 +392,30 @@ def _read_partitioned(text_files: list, parquet_files: list, cfg: PrepareConfig,
     return ray.data.from_arrow_refs(merged)
 
 
+def _submit_reads(text_files: list, cfg: PrepareConfig, cpus: int, chunk_bytes: int, n_partitions: int) -> list:
+    """1-2. read + parse: one Ray task per file, byte range or chunk shard, all submitted at once; each
+    streams RECORD_SCHEMA blocks (a streaming generator) into the object store. Measured on 2 CPUs / 1M
+    comments: the same tasks as a Ray Data read operator ran one at a time once a shuffle was downstream
+    (its scheduler split 2 CPUs between operators), 2x slower end to end."""
+    import ray
+
+    shares = tasks_per_file(text_files, cpus, chunk_bytes, cfg.read.max_tasks_per_file)
+    read_task = ray.remote(num_returns="streaming")(read_records)
+    return [
+        read_task.remote(f, plan, chunk_bytes, cfg.filters, n_partitions)
+        for f in text_files
+        for plan in sources.read_plan(f, chunk_bytes, shares.get(f.path, 1))
+    ]
+
+
 def _read_shuffled(text_files: list, parquet_files: list, cfg: PrepareConfig, cpus: int, chunk_bytes: int):
     """1-3. read + parse + group ('sort' / 'hash'): Ray Data shuffles the parsed records by link_id."""
     import ray
 
     parts = []
     if text_files:
-        # 1-2. read + parse: one Ray task per file, byte range or chunk shard, all submitted at
-        # once; each streams RECORD_SCHEMA blocks (a streaming generator) into the object store,
-        # where Ray Data takes them over. Measured on 2 CPUs / 1M comments: the same tasks as a
-        # Ray Data read operator ran one at a time once the shuffle was downstream (its scheduler
-        # split 2 CPUs between operators), 2x slower end to end.
-        shares = tasks_per_file(text_files, cpus, chunk_bytes, cfg.read.max_tasks_per_file)
-        read_task = ray.remote(num_returns="streaming")(read_records)
-        generators = [
-            read_task.remote(f, plan, chunk_bytes, cfg.filters)
-            for f in text_files
-            for plan in sources.read_plan(f, chunk_bytes, shares.get(f.path, 1))
-        ]
-        block_refs = [ref for gen in generators for ref in gen]
+        # 1-2. read + parse; the blocks go from the object store to Ray Data
+        block_refs = [ref for gen in _submit_reads(text_files, cfg, cpus, chunk_bytes, 0) for ref in gen]
         parts.append(ray.data.from_arrow_refs(block_refs))
     if parquet_files:
         pq = ray.data.read_parquet([f.path for f in parquet_files], include_paths=True)
