@@ -184,7 +184,7 @@ def build_stage_slices(block: pa.Table, cfg: PrepareConfig) -> Iterator[pa.Table
         k = int(np.searchsorted(starts, max(target, cuts[-1] + 1)))
         if k < len(starts):
             cuts.append(int(starts[k]))
-    cuts = sorted(set(cuts)) + [block.num_rows]
+    cuts.append(block.num_rows)  # strictly increasing: each cut is a thread start after the previous cut
     for a, b in zip(cuts[:-1], cuts[1:]):
         yield threads.build_block(block.slice(a, b - a), cfg)
 
