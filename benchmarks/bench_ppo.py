@@ -14,8 +14,8 @@ rollout generation speed (vLLM vs HF generate), all measured in the same run.
 2. Generation. benchmarks/bench_rollout.measure_generation: vLLM vs HF tokens/s on the same
    random-init model, batch 64, 32-token prompts, 128 new tokens, at ~100M parameters (target >= 1.5x)
    and at the tiny size.
-3. GPU. On a machine with CUDA the same loop would run a ~0.5B Llama with ZeRO-2 and report MFU and
-   weight-sync seconds; this script says so when no GPU is present.
+3. GPU. ZeRO-2 MFU and weight-sync seconds at ~0.5B are measured by benchmarks/bench_ppo_gpu.py
+   (configs/ppo/gpu-0.5b.yaml) on a CUDA machine; this script says where when it finds one.
 
 Results: stdout and WORKDIR/bench_ppo.json.
 """
@@ -140,9 +140,9 @@ def main(argv=None) -> int:
                 print(f"  vLLM / HF = {r['ratio']:.2f}x (target >= 1.5x at ~100M)")
 
     results["gpu"] = (
-        "CUDA available: run the loop with a ~0.5B Llama (configs/ppo/llama-1b.yaml scaled down) to record ZeRO-2 MFU and sync seconds"
+        "CUDA available: python benchmarks/bench_ppo_gpu.py measures ZeRO-2 MFU and weight-sync seconds at ~0.5B"
         if torch.cuda.is_available()
-        else "no GPU on this machine: ZeRO-2 MFU and GPU weight-sync seconds not measured"
+        else "no GPU on this machine: ZeRO-2 MFU and GPU weight-sync seconds come from benchmarks/bench_ppo_gpu.py on a GPU"
     )
     print("\n" + results["gpu"])
     (workdir / "bench_ppo.json").write_text(json.dumps(results, indent=2, default=str))

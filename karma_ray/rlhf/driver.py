@@ -285,6 +285,16 @@ class PPODriver:
                 "prompt_epoch": self.sampler.epoch,
                 "sync_seconds": sync.get("seconds", float("nan")),
                 "sync_buckets": sync.get("buckets", 0),
+                "sync_mib": sync.get("bytes", 0) / 2**20,
+                # until the policy had streamed every bucket / the slowest engine's load of them
+                "sync_gather_seconds": sync.get("gather_seconds", float("nan")),
+                "sync_apply_seconds": sync.get("apply_seconds", float("nan")),
+                # Speed of the update (karma_ray.rlhf.perf): model TFLOP/s per worker, and MFU where
+                # the device's peak is known (NaN on CPU).
+                "perf/policy_tflops": policy_stats.get("train_tflops", float("nan")),
+                "perf/policy_mfu": policy_stats.get("mfu", float("nan")),
+                "perf/critic_tflops": critic_stats.get("train_tflops", float("nan")),
+                "perf/critic_mfu": critic_stats.get("mfu", float("nan")),
                 **{f"latency/{k}": v for k, v in latency.items()},
             }
             self.state.step = step

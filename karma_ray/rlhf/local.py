@@ -88,7 +88,8 @@ class LocalRoles:
         buckets = list(self.policy.weight_buckets(self.cfg.rollout.sync_bucket_mib))
         for e in engines or [self.engine]:
             e.update_weights(*buckets)
-        return {"seconds": time.perf_counter() - start, "buckets": len(buckets)}
+        size = sum(t.numel() * t.element_size() for b in buckets for t in b.values())
+        return {"seconds": time.perf_counter() - start, "buckets": len(buckets), "bytes": size}
 
     def save_checkpoint(self, path: Path) -> None:
         self.policy.save_checkpoint(str(path / "policy"))

@@ -122,6 +122,10 @@ def _worker_env() -> dict:
     env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
     if not torch.cuda.is_available():
         env["DS_ACCELERATOR"] = "cpu"
+    else:
+        # Colocated roles share one GPU: growable segments return freed memory instead of holding
+        # each process's fragmented peak (a user-set value wins).
+        env["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     return env
 
 
@@ -341,7 +345,13 @@ class Roles:
         for stream in others:
             for _ in stream:  # drains; raises if that rank failed
                 pass
-        return {"seconds": report.total_s, "gather_seconds": report.gather_s, "buckets": report.num_buckets, "bytes": report.bytes}
+        return {
+            "seconds": report.total_s,
+            "gather_seconds": report.gather_s,
+            "apply_seconds": max((float(e.get("total_s", 0.0)) for e in report.engines), default=0.0),
+            "buckets": report.num_buckets,
+            "bytes": report.bytes,
+        }
 
     # checkpoints
     def save_checkpoint(self, path: Path) -> None:

@@ -44,6 +44,17 @@ def test_train_step_equals_a_plain_torch_update(workers_tiny_llama, workers_expe
     assert stats["loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-5)
     assert stats["grad_norm"] == pytest.approx(sum(norms) / len(norms), rel=1e-5)  # the gradient's scale too
     assert stats["grad_norm"] > TRAINER.grad_clip and 0 <= stats["clip_frac"] <= 1 and stats["lr"] == TRAINER.lr
+    # Speed accounting: every real token of the batch trained on once per epoch; TFLOP/s from the
+    # model's FLOPs per token (karma_ray.rlhf.perf); no MFU on CPU (no known peak).
+    from karma_ray.rlhf.perf import FlopsModel
+    from karma_ray.models.hf import load_causal_lm
+
+    real_tokens = int(exp.sequences.attention_mask.sum())
+    assert stats["train_tokens"] == ALGO.ppo_epochs * real_tokens
+    T = exp.sequences.input_ids.shape[1]
+    flops = FlopsModel.of(load_causal_lm(workers_tiny_llama)).train_flops(ALGO.ppo_epochs * real_tokens, T)
+    assert stats["train_tflops"] == pytest.approx(flops / stats["train_s"] / 1e12, rel=1e-9)
+    assert stats["train_s"] > 0 and "mfu" not in stats
 
 
 def weights_initial(model_dir) -> dict[str, torch.Tensor]:

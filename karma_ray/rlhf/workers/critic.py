@@ -19,6 +19,7 @@ import torch
 
 from karma_ray.algo import aggregate_loss, value_loss
 from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig
+from karma_ray.rlhf.perf import FlopsModel, device_peak_flops
 from karma_ray.rlhf.workers.distributed import (
     ZeroTrainer,
     build_engine,
@@ -107,6 +108,7 @@ class CriticWorker:
         disable_dropout(module)
         if trainer.gradient_checkpointing:
             module.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        flops = FlopsModel.of(module)  # before DeepSpeed partitions the parameters (ZeRO-3)
         engine = build_engine(module, trainer, algo.minibatch_size, world_size, self.dtype)
         self.trainer = ZeroTrainer(
             engine=engine,
@@ -117,6 +119,8 @@ class CriticWorker:
             micro_batch_size=trainer.micro_batch_size,
             loss_agg=algo.loss_agg,
             shuffle=torch.Generator().manual_seed(seed + 1),  # same on all ranks; not the policy's order
+            flops=flops,
+            peak_flops=device_peak_flops(self.device, self.dtype),
         )
 
     def ready(self) -> bool:

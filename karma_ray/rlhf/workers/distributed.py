@@ -24,12 +24,14 @@ import math
 import os
 import random
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from karma_ray.rlhf.perf import FlopsModel, model_flops_utilization
 from karma_ray.types import Experience, SequenceBatch
 
 RNG_FILE = "rng_rank{rank}.pt"
@@ -256,6 +258,8 @@ class ZeroTrainer:
     micro_batch_size: int
     loss_agg: str
     shuffle: torch.Generator
+    flops: Optional[FlopsModel] = None  # the model's FLOPs per token (None: no TFLOP/s or MFU)
+    peak_flops: Optional[float] = None  # the device's peak FLOP/s at the training dtype (None: no MFU)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -266,7 +270,9 @@ class ZeroTrainer:
 
         Returns the metrics of `micro_loss` averaged over the optimizer steps (each metric is reduced
         over a minibatch the way the loss is, then averaged over steps; identical on every rank), plus
-        grad_norm (before clipping), lr and steps.
+        grad_norm (before clipping), lr and steps, and the speed of the group (`_speed`: wall seconds
+        with the GPU synchronised at both ends, real tokens, model TFLOP/s per worker from
+        karma_ray.rlhf.perf, and MFU where the device's peak is known, i.e. not on CPU).
         """
         import torch.distributed as dist
 
@@ -277,8 +283,13 @@ class ZeroTrainer:
             )
         rows, micro_steps = micro_plan(self.minibatch_size, self.world_size, self.micro_batch_size)
         self.module.train()
+        # Metrics and grad norms stay on the device until the end: a `.cpu()`/`float()` per micro-batch
+        # would wait for the GPU each time and stall the kernel queue.
         sums: dict[str, torch.Tensor] = {}
-        grad_norms: list[float] = []
+        grad_norms: list[Any] = []
+        tokens, flops = 0, 0.0
+        self._synchronize()
+        start = time.perf_counter()
         for _ in range(epochs):
             for minibatch in experience.minibatches(self.minibatch_size, generator=self.shuffle):
                 whole_mask = minibatch.sequences.response_mask
@@ -286,8 +297,13 @@ class ZeroTrainer:
                 chunks = list(row_chunks(len(part), self.micro_batch_size))
                 assert len(chunks) == micro_steps and len(part) == rows
                 for k, index in enumerate(chunks):
-                    micro = experience_to(part.select(index), self.device)
-                    share = loss_share(micro.sequences.response_mask, whole_mask.to(self.device), self.loss_agg)
+                    micro_cpu = part.select(index)
+                    micro_tokens = int(micro_cpu.sequences.attention_mask.sum())
+                    tokens += micro_tokens
+                    if self.flops is not None:
+                        flops += self.flops.train_flops(micro_tokens, micro_cpu.sequences.input_ids.shape[1])
+                    share = loss_share(micro_cpu.sequences.response_mask, whole_mask, self.loss_agg)  # on CPU: no sync
+                    micro = experience_to(micro_cpu, self.device)
                     # The boundary triggers ZeRO's gradient reduction and the optimizer step.
                     self.engine.set_gradient_accumulation_boundary(k == len(chunks) - 1)
                     loss, metrics = micro_loss(micro)
@@ -296,12 +312,14 @@ class ZeroTrainer:
                     self.engine.backward(loss * (share * self.world_size), scale_wrt_gas=False)
                     self.engine.step()
                     for name, value in metrics.items():
-                        sums[name] = sums.get(name, 0.0) + share * value.detach().double().cpu()
-                norm = self.engine.get_global_grad_norm()
-                grad_norms.append(float(norm) if norm is not None else float("nan"))
+                        sums[name] = sums.get(name, 0.0) + share * value.detach().double()
+                grad_norms.append(self.engine.get_global_grad_norm())
+        self._synchronize()
+        seconds = time.perf_counter() - start
+        grad_norms = [float(n) if n is not None else float("nan") for n in grad_norms]
         steps = len(grad_norms)
         names = sorted(sums)
-        totals = torch.stack([torch.as_tensor(sums[n], dtype=torch.float64) for n in names]) if names else None
+        totals = torch.stack([torch.as_tensor(sums[n], dtype=torch.float64).cpu() for n in names]) if names else None
         if totals is not None and self.world_size > 1:
             totals = totals.to(self.device)
             dist.all_reduce(totals)
@@ -309,7 +327,36 @@ class ZeroTrainer:
         out["grad_norm"] = sum(grad_norms) / steps
         out["lr"] = float(self.engine.optimizer.param_groups[0]["lr"])
         out["steps"] = float(steps)
+        out.update(self._speed(tokens, flops, seconds))
         return out
+
+    def _speed(self, tokens: int, flops: float, seconds: float) -> dict[str, float]:
+        """The update's speed over the whole group, the same on every rank: train_tokens (real tokens,
+        all ranks and epochs), train_s (the slowest rank's seconds), train_tflops (model TFLOP/s per
+        worker) and mfu (only where the device's peak is known)."""
+        import torch.distributed as dist
+
+        totals = torch.tensor([float(tokens), flops], dtype=torch.float64)
+        slowest = torch.tensor([seconds], dtype=torch.float64)
+        if self.world_size > 1:
+            totals, slowest = totals.to(self.device), slowest.to(self.device)
+            dist.all_reduce(totals)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        all_tokens, all_flops = (float(x) for x in totals.cpu())
+        seconds = float(slowest.cpu()[0])
+        out = {"train_tokens": all_tokens, "train_s": seconds}
+        if self.flops is not None and seconds > 0:
+            per_worker = all_flops / self.world_size
+            out["train_tflops"] = per_worker / seconds / 1e12
+            mfu = model_flops_utilization(per_worker, seconds, self.peak_flops)
+            if mfu is not None:
+                out["mfu"] = mfu
+        return out
+
+    def _synchronize(self) -> None:
+        """Wait for queued GPU work, so wall-clock seconds measure the work (no-op on CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # --------------------------------------------------------------------------------------------
     # Full weights (ZeRO-3 gathers; every rank must iterate in step)

@@ -24,6 +24,7 @@ import torch
 
 from karma_ray.algo import aggregate_loss, entropy_bonus, entropy_from_logits, kl_loss, ppo_policy_loss
 from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig
+from karma_ray.rlhf.perf import FlopsModel, device_peak_flops
 from karma_ray.rlhf.weight_sync import iter_buckets
 from karma_ray.rlhf.workers.distributed import (
     ZeroTrainer,
@@ -76,6 +77,7 @@ class PolicyWorker:
         disable_dropout(module)
         if trainer.gradient_checkpointing:
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        flops = FlopsModel.of(module)  # before DeepSpeed partitions the parameters (ZeRO-3)
         engine = build_engine(module, trainer, algo.minibatch_size, world_size, self.dtype)
         self.trainer = ZeroTrainer(
             engine=engine,
@@ -87,6 +89,8 @@ class PolicyWorker:
             loss_agg=algo.loss_agg,
             # Same seed on every rank: all ranks must cut the same minibatches.
             shuffle=torch.Generator().manual_seed(seed),
+            flops=flops,
+            peak_flops=device_peak_flops(self.device, self.dtype),
         )
 
     def ready(self) -> bool:

@@ -21,7 +21,11 @@ from karma_ray.rlhf.rules import is_rule, make_rule
 
 
 class RewardWorker:
-    def __init__(self, path: str, name: Optional[str] = None, batch_size: int = 32, device: str = "cpu") -> None:
+    def __init__(self, path: str, name: Optional[str] = None, batch_size: int = 32, device: Optional[str] = None) -> None:
+        """`device` None: the GPU when the actor was given one (Ray sets CUDA_VISIBLE_DEVICES to its
+        GPUs, and to none when reward.gpus_per_actor is 0), else the CPU."""
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.path = path
         self.name = name or (path if is_rule(path) else Path(path).name)
         self.batch_size = batch_size

@@ -404,6 +404,11 @@ class HFRollout:
         new_tokens = sequences[:, P:].cpu()  # (B * n, T)
         recorder.record(new_tokens[:, -1].to(self.device))
         logprobs = torch.stack(recorder.steps, dim=1).cpu()  # (B * n, T)
+        if self.device.type == "cuda":
+            # The KV cache of a large batch stays reserved by PyTorch's caching allocator after
+            # generate; colocated roles (policy, critic, reference) need that memory next.
+            del sequences, recorder
+            torch.cuda.empty_cache()
         gens = _empty_generations()
         for row in range(new_tokens.shape[0]):
             ids = new_tokens[row].tolist()
