@@ -1,6 +1,6 @@
 """Benchmark `karma prepare` against baselines measured in the same run.
 
-    python benchmarks/bench_prepare.py [--comments 1000000] [--scale 4] [--cpus 2] [--workdir runs/bench]
+    python benchmarks/bench_prepare.py [--comments 1000000] [--scale 4] [--cpus 2] [--workdir runs/bench] [key=value ...]
 
 Prints, for a synthetic Pushshift corpus (RC/RS .zst, 2 GiB window):
   1. pipeline rows/s (records = comment + submission lines; main pass and end to end)
@@ -145,6 +145,7 @@ def main() -> int:
     p.add_argument("--object-store-gb", type=float, default=1.0)
     p.add_argument("--workdir", default="runs/bench")
     p.add_argument("--memory-only", action="store_true", help="skip the baselines; pipeline at 1x and --scale x only")
+    p.add_argument("overrides", nargs="*", help="pipeline config overrides, e.g. staging_write=streamed")
     args = p.parse_args()
     work = Path(args.workdir)
     overrides = [
@@ -152,9 +153,11 @@ def main() -> int:
         f"ray.object_store_memory_gb={args.object_store_gb}",
         "ray.progress_bars=false",
         "filters.min_settle_seconds=3600",
+        *args.overrides,
     ]
     cfg = load_config(PrepareConfig, None, overrides)
-    results: dict = {"comments": args.comments, "cpus": args.cpus, "object_store_gb": args.object_store_gb}
+    results: dict = {"comments": args.comments, "cpus": args.cpus, "object_store_gb": args.object_store_gb,
+                     "overrides": list(args.overrides)}
 
     corpus = work / f"corpus_{args.comments}"
     if not (corpus / "synth_summary.json").exists():

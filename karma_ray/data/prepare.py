@@ -170,14 +170,24 @@ BUILD_SLICE_ROWS = 20_000  # records per build_block call inside one partition (
 def build_stage_slices(block: pa.Table, cfg: PrepareConfig) -> Iterator[pa.Table]:
     """A whole partition -> its stage rows, built and yielded in slices of whole threads of about
     BUILD_SLICE_ROWS records. build_block turns its logic columns into Python lists; a slice at a
-    time keeps that (and the output, which Ray Data takes block by block) from growing with the
-    partition."""
+    time keeps that from growing with the partition.
+
+    With staging_write="streamed" only the link_id column is sorted and each slice gathers its own
+    rows (`take`), so the partition is never copied whole (it stays in the object store): flat memory.
+    Otherwise the partition is sorted once and sliced without copies: 10-25% faster to build (measured
+    on a 108k-record partition), at the cost of one partition-sized copy."""
     if block.num_rows <= BUILD_SLICE_ROWS:
         yield threads.build_block(block, cfg)
         return
-    block = block.sort_by([("link_id", "ascending")])
-    links = block["link_id"].combine_chunks()
-    # row i starts a new thread where link_id changes; slices are cut only there
+    if cfg.staging_write == "streamed":
+        order = pc.sort_indices(block["link_id"])  # (n,) row order by thread
+        take = lambda a, n: block.take(order.slice(a, n))  # noqa: E731
+    else:
+        block = block.sort_by([("link_id", "ascending")])
+        order = None
+        take = block.slice
+    links = (block["link_id"] if order is None else block["link_id"].take(order)).combine_chunks()
+    # position i (in thread order) starts a new thread where link_id changes; slices are cut only there
     starts = np.flatnonzero(np.asarray(pc.not_equal(links[1:], links[:-1]).to_numpy(zero_copy_only=False))) + 1
     cuts = [0]
     for target in range(BUILD_SLICE_ROWS, block.num_rows, BUILD_SLICE_ROWS):
@@ -186,7 +196,10 @@ def build_stage_slices(block: pa.Table, cfg: PrepareConfig) -> Iterator[pa.Table
             cuts.append(int(starts[k]))
     cuts.append(block.num_rows)  # strictly increasing: each cut is a thread start after the previous cut
     for a, b in zip(cuts[:-1], cuts[1:]):
-        yield threads.build_block(block.slice(a, b - a), cfg)
+        yield threads.build_block(take(a, b - a), cfg)
+
+
+STREAMED_FILE_BYTES = 64 << 20  # staging file size of staging_write="streamed"
 
 
 def partition_count(files: list[sources.InputFile], cpus: int, configured: int | None) -> int:
@@ -318,7 +331,12 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
     # 4. build
     stage_ds = grouped.map_batches(build, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
     staging = out / "_staging"
-    stage_ds.write_parquet(str(staging), partition_cols=["output"], min_rows_per_file=cfg.rows_per_file)
+    if cfg.staging_write == "streamed":
+        # A bytes target makes Ray Data bundle the build's output blocks for separate write tasks (no
+        # fusion: Ray 2.60 plan_write_op), so no task holds a whole partition's output.
+        stage_ds.write_parquet(str(staging), partition_cols=["output"], min_bytes_per_file=STREAMED_FILE_BYTES)
+    else:
+        stage_ds.write_parquet(str(staging), partition_cols=["output"], min_rows_per_file=cfg.rows_per_file)
     timings["read_parse_group_build"] = time.perf_counter() - t_main
     ray_stats = stage_ds.stats()
 
