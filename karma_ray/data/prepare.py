@@ -181,12 +181,13 @@ def build_stage_slices(block: pa.Table, cfg: PrepareConfig) -> Iterator[pa.Table
         return
     if cfg.staging_write == "streamed":
         order = pc.sort_indices(block["link_id"])  # (n,) row order by thread
+        links = block["link_id"].take(order)
         take = lambda a, n: block.take(order.slice(a, n))  # noqa: E731
     else:
         block = block.sort_by([("link_id", "ascending")])
-        order = None
+        links = block["link_id"]
         take = block.slice
-    links = (block["link_id"] if order is None else block["link_id"].take(order)).combine_chunks()
+    links = links.combine_chunks()
     # position i (in thread order) starts a new thread where link_id changes; slices are cut only there
     starts = np.flatnonzero(np.asarray(pc.not_equal(links[1:], links[:-1]).to_numpy(zero_copy_only=False))) + 1
     cuts = [0]
