@@ -226,7 +226,7 @@ class PrepareConfig:
         "build and write; its Parquet writer holds the task's whole output, so memory grows with the "
         "partition size, i.e. with the corpus). 'streamed': the build streams its rows through the object "
         "store to separate write tasks of ~64 MiB each, so memory stays flat (1M -> 4M comments: peak "
-        "1.28x instead of 1.56x) at ~35% more time on 2 CPUs (benchmarks/RESULTS.md).",
+        "1.28x; fused 1.60x in the same comparison) at up to ~15% more time on 2 CPUs (benchmarks/RESULTS.md).",
     )
 
     def validate(self) -> None:

@@ -210,7 +210,12 @@ def partition_count(files: list[sources.InputFile], cpus: int, configured: int |
     if configured:
         return configured
     estimated = sum(f.size_bytes * (COMPRESSION_RATIO_ESTIMATE if f.compression != "none" else 1) for f in files)
-    return max(4, 2 * cpus, -(-estimated // PARTITION_TARGET_BYTES))
+    return max(default_partitions(cpus), -(-estimated // PARTITION_TARGET_BYTES))
+
+
+def default_partitions(cpus: int) -> int:
+    """Partitions when neither the config nor the input size asks for more: 2 per CPU, at least 4."""
+    return max(4, 2 * cpus)
 
 
 PARTITION_TARGET_BYTES = 256 << 20
@@ -449,7 +454,7 @@ def _read_shuffled(text_files: list, parquet_files: list, cfg: PrepareConfig, cp
     if cfg.shuffle == "sort":
         return record_ds.sort("link_id")  # as many range partitions as input blocks
     # No sort=True: build_block sorts its block by link_id itself.
-    n_partitions = cfg.shuffle_partitions or max(4, 2 * cpus)
+    n_partitions = cfg.shuffle_partitions or default_partitions(cpus)
     return record_ds.repartition(n_partitions, keys=["link_id"])
 
 

@@ -348,7 +348,7 @@ class Roles:
         return {
             "seconds": report.total_s,
             "gather_seconds": report.gather_s,
-            "apply_seconds": max((float(e.get("total_s", 0.0)) for e in report.engines), default=0.0),
+            "apply_seconds": report.apply_s,
             "buckets": report.num_buckets,
             "bytes": report.bytes,
         }

@@ -65,6 +65,11 @@ class SyncReport:
     def bytes(self) -> int:
         return int(self.engines[0]["bytes"]) if self.engines else 0
 
+    @property
+    def apply_s(self) -> float:
+        """The slowest engine's own load time (0 when no engine reported)."""
+        return max((float(e.get("total_s", 0.0)) for e in self.engines), default=0.0)
+
     def as_metrics(self, prefix: str = "sync/") -> dict[str, float]:
         out = {
             f"{prefix}buckets": float(self.num_buckets),
@@ -73,7 +78,7 @@ class SyncReport:
             f"{prefix}total_s": self.total_s,
         }
         if self.engines:
-            out[f"{prefix}engine_apply_s_max"] = max(float(e.get("total_s", 0.0)) for e in self.engines)
+            out[f"{prefix}engine_apply_s_max"] = self.apply_s
         return out
 
 
