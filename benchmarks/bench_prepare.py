@@ -11,7 +11,8 @@ Prints, for a synthetic Pushshift corpus (RC/RS .zst, 2 GiB window):
      by line (orjson + normalize_record, the obvious way) and building threads with the same
      builder -> Parquet; speed-up of the pipeline end to end (target >= 1.5x)
   4. peak memory (PSS summed over the driver and all Ray processes) at 1x and `--scale`x corpus
-     size with the same cluster settings (target: flat, <= 1.3x)
+     size with the same cluster settings (target: flat, <= 1.3x), from separate runs: sampling
+     memory slows the pipeline, so the timed run in 1. is not sampled
 Results also go to DIR/bench_prepare.json.
 """
 
@@ -46,6 +47,7 @@ class PeakMemory:
         self.interval = interval
         self.peak = 0
         self.peak_parts: dict[str, int] = {}  # Pss_Anon / Pss_Shmem / Pss_File at the peak
+        self.peak_processes: list[tuple[str, int]] = []  # (process title, PSS bytes) at the peak, largest first
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -56,23 +58,30 @@ class PeakMemory:
         except psutil.NoSuchProcess:
             return 0
         parts = {"Pss_Anon": 0, "Pss_Shmem": 0, "Pss_File": 0}
+        per_process = []
         for p in procs:
             try:
+                own = 0
                 with open(f"/proc/{p.pid}/smaps_rollup") as fh:
                     for line in fh:
                         key = line.split(":")[0]
                         if key in parts:
                             parts[key] += int(line.split()[1]) * 1024
+                            own += int(line.split()[1]) * 1024
+                with open(f"/proc/{p.pid}/cmdline", "rb") as fh:  # Ray workers retitle themselves ray::<task>
+                    title = fh.read().split(b"\0")[0].decode(errors="replace")[-40:]
+                per_process.append((title, own))
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 pass
         self._last_parts = parts
+        self._last_processes = sorted(per_process, key=lambda x: -x[1])
         return sum(parts.values())
 
     def _run(self) -> None:
         while not self._stop.is_set():
             total = self._sample()
             if total > self.peak:
-                self.peak, self.peak_parts = total, dict(self._last_parts)
+                self.peak, self.peak_parts, self.peak_processes = total, dict(self._last_parts), self._last_processes
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakMemory":
@@ -111,8 +120,10 @@ def one_process_build(files: list[sources.InputFile], cfg: PrepareConfig, out: P
     return examples.num_rows, time.perf_counter() - t0
 
 
-def run_pipeline_subprocess(corpus: Path, out: Path, overrides: list[str]) -> dict:
-    """One `run_prepare` in a fresh process (its own local Ray cluster), peak memory sampled."""
+def run_pipeline_subprocess(corpus: Path, out: Path, overrides: list[str], sample_memory: bool = True) -> dict:
+    """One `run_prepare` in a fresh process (its own local Ray cluster), peak memory sampled or not:
+    reading /proc/*/smaps_rollup of ~15 processes costs 45-165 ms a pass, i.e. 5-15% of 2 CPUs at 2 Hz,
+    so timed runs are not sampled."""
     code = (
         "import json,sys,time;from karma_ray.config import PrepareConfig,load_config;"
         "from karma_ray.data.prepare import run_prepare;"
@@ -126,7 +137,11 @@ def run_pipeline_subprocess(corpus: Path, out: Path, overrides: list[str]) -> di
     env = dict(os.environ, RAY_DEDUP_LOGS="0")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     # Only the child and its Ray cluster are measured, not this process (it holds the baselines' data).
-    with PeakMemory(proc.pid) as mem:
+    mem = PeakMemory(proc.pid)
+    if sample_memory:
+        with mem:
+            stdout, _ = proc.communicate()
+    else:
         stdout, _ = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"pipeline failed (exit {proc.returncode})")
@@ -134,6 +149,7 @@ def run_pipeline_subprocess(corpus: Path, out: Path, overrides: list[str]) -> di
     result = json.loads(line[len("RESULT") :])
     result["peak_pss_bytes"] = mem.peak
     result["peak_pss_parts"] = mem.peak_parts
+    result["peak_pss_processes"] = mem.peak_processes
     return result
 
 
@@ -175,6 +191,7 @@ def main() -> int:
         for name, r in (("1x", r1), (f"{args.scale}x", r4)):
             parts = ", ".join(f"{k[4:].lower()} {v / 2**30:.2f}" for k, v in r["peak_pss_parts"].items())
             print(f"{name}: main pass {r['timings']['read_parse_group_build']:.1f} s, peak PSS {r['peak_pss_bytes'] / 2**30:.2f} GiB ({parts})")
+            print("    largest processes at the peak: " + ", ".join(f"{t} {b / 2**30:.2f}" for t, b in r["peak_pss_processes"][:6]))
         return 0
     n_parsed, t_parse = parse_only(files, cfg.read.chunk_mib << 20)
     print(f"[baseline] decompress+parse, 1 process: {n_parsed:,} records in {t_parse:.1f} s = {n_parsed / t_parse:,.0f} rows/s", flush=True)
@@ -182,7 +199,7 @@ def main() -> int:
     n_built, t_build = one_process_build(files, cfg, work / "one_process")
     print(f"[baseline] straightforward one-process build: {n_built:,} examples in {t_build:.1f} s", flush=True)
 
-    r1 = run_pipeline_subprocess(corpus, work / "prepared_1x", overrides)
+    r1 = run_pipeline_subprocess(corpus, work / "prepared_1x", overrides, sample_memory=False)
     main_pass = r1["timings"]["read_parse_group_build"]
     end_to_end = r1["timings"]["total"] - r1["timings"]["ray_init"]
     rows_s = r1["records"] / main_pass
@@ -212,14 +229,16 @@ def main() -> int:
         big = work / f"corpus_{args.comments * args.scale}"
         if not (big / "synth_summary.json").exists():
             write_synthetic_corpus(big, args.comments * args.scale, seed=2)
+        r1 = run_pipeline_subprocess(corpus, work / "prepared_1x", overrides)  # again, memory sampled
         r4 = run_pipeline_subprocess(big, work / f"prepared_{args.scale}x", overrides)
         ratio = r4["peak_pss_bytes"] / r1["peak_pss_bytes"]
-        results.update(pipeline_scaled=r4, peak_memory_ratio=ratio, scale=args.scale)
+        results.update(pipeline_memory_sampled=r1, pipeline_scaled=r4, peak_memory_ratio=ratio, scale=args.scale)
         print(f"peak memory: {r1['peak_pss_bytes'] / 2**30:.2f} GiB at 1x, {r4['peak_pss_bytes'] / 2**30:.2f} GiB at {args.scale}x "
               f"-> ratio {ratio:.2f}  [target <= 1.3]")
         for name, r in (("1x", r1), (f"{args.scale}x", r4)):
             parts = ", ".join(f"{k[4:].lower()} {v / 2**30:.2f} GiB" for k, v in r["peak_pss_parts"].items())
             print(f"  at the {name} peak: {parts}  (file-backed pages are reclaimable page cache, e.g. spilled objects)")
+            print("    largest processes: " + ", ".join(f"{t} {b / 2**30:.2f}" for t, b in r["peak_pss_processes"][:6]))
         print(f"  {args.scale}x pipeline: {r4['records']:,} records, main pass {r4['timings']['read_parse_group_build']:.1f} s")
     (work / "bench_prepare.json").write_text(json.dumps(results, indent=2))
     return 0

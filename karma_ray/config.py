@@ -208,25 +208,20 @@ class PrepareConfig:
     ray: RayConfig = section(RayConfig, "The Ray cluster the pipeline runs on.")
     shuffle_partitions: int | None = option(
         None, "Partitions of the 'partition' and 'hash' groupings (None: 2 x cluster CPUs, at least 4; 'partition' "
-        "also adds one per ~256 MiB of input JSON so memory stays flat); the sort shuffle makes one per input block."
+        "also adds one per ~96 MiB of input JSON so memory stays flat, rounded up to a multiple of the CPUs); "
+        "the sort shuffle makes one per input block."
     )
     shuffle: Literal["partition", "sort", "hash"] = option(
         "partition",
-        "Group-by-thread step. 'partition': the parse tasks already split each chunk by a stable hash of "
-        "link_id, one task per partition concatenates its pieces, and Ray Data builds threads over those "
-        "whole-partition blocks (one all-to-all exchange, no sort; measured in benchmarks/RESULTS.md). "
+        "Group-by-thread step. 'partition': the parse tasks already cut their parsed rows by a stable hash of "
+        "link_id into packed pieces, and one Ray Data task per partition fetches its pieces and builds its "
+        "threads (one all-to-all exchange, no sort; measured in benchmarks/RESULTS.md). "
         "'sort': Ray Data's sort-based shuffle; blocks live in the object store and can spill to disk. "
         "'hash': Ray's hash shuffle (SHUFFLE_V2), whose aggregator actors hold partitions in heap "
         "memory until all input is read.",
     )
-    rows_per_file: int = option(200_000, "Target rows per output Parquet file ('fused' staging writes).")
-    staging_write: Literal["fused", "streamed"] = option(
-        "fused",
-        "How built rows reach the staging Parquet files. 'fused': in the build task itself (Ray Data fuses "
-        "build and write; its Parquet writer holds the task's whole output, so memory grows with the "
-        "partition size, i.e. with the corpus). 'streamed': the build streams its rows through the object "
-        "store to separate write tasks of ~64 MiB each, so memory stays flat (1M -> 4M comments: peak "
-        "1.28x; fused 1.60x in the same comparison) at up to ~15% more time on 2 CPUs (benchmarks/RESULTS.md).",
+    rows_per_file: int = option(
+        200_000, "Rows per output Parquet file: a build task starts a new file once one reaches this many rows."
     )
 
     def validate(self) -> None:

@@ -2,16 +2,17 @@
 
     1-2. read+parse  Ray tasks (streaming generators), one per file, byte range of a plain file,
                      or chunk shard of a big compressed one: decompress, cut newline-aligned
-                     chunks, parse, apply record filters; blocks go to the object store
-                                                                   (sources.py, records.py)
-    3.   group       whole threads meet in one block. Default ('partition'): the parse tasks split
-                     every chunk by a stable hash of link_id, and one Ray task per partition
-                     concatenates its pieces, a single all-to-all exchange through the object store.
+                     chunks, parse, apply record filters                (sources.py, records.py)
+    3.   group       whole threads meet in one block. Default ('partition'): the parse tasks cut
+                     rounds of parsed chunks by a stable hash of link_id into zstd-packed Arrow
+                     pieces, a single all-to-all exchange through the object store; one Ray Data
+                     task per partition fetches its pieces and sorts them into one block.
                      Alternatives: Ray Data's sort shuffle or hash shuffle by link_id
-    4.   build       Ray Data map over whole blocks: contexts, labels, pairs, ledger  (threads.py)
-    5.   stage       Parquet partitioned by output kind
-    6.   count       Ray tasks over staged ledger files -> the manifest's counts
-    7.   finish      subreddit z-scores from TRAIN statistics; examples/, pairs/, ledger/ by split
+    4.   build       contexts, labels, pairs, ledger over whole threads, in slices  (threads.py)
+    5.   stage       the same task writes each slice as it comes: pairs/ and ledger/ final,
+                     examples to _staging/ by split
+    6.   count       Ray tasks over the ledger files -> the manifest's counts
+    7.   finish      subreddit z-scores from TRAIN statistics -> examples/split=*/
 
 Why read+parse are plain Ray tasks feeding Ray Data, not a Ray Data read operator (measured on
 2 CPUs, 1M comments): as an operator upstream of an all-to-all shuffle, Ray Data's scheduler ran
@@ -20,8 +21,14 @@ read task kept its CPU slot. Submitted as tasks, every file is read at once.
 
 Why the default grouping is our own exchange rather than a Ray Data shuffle (2 CPUs, 1M comments):
 the sort shuffle cost ~10 s of a 30 s main pass (sampling, sorting and merging a key we only need
-grouped, not ordered), while cutting each parsed chunk into partitions costs well under a second in
-the tasks that already hold it; building and writing stay on Ray Data.
+grouped, not ordered), while cutting parsed chunks into partitions costs well under a second in the
+tasks that already hold them; building and writing stay on Ray Data.
+
+Why memory stays flat as the corpus grows (1M -> 4M comments, benchmarks/RESULTS.md): partitions
+have a fixed size (~96 MiB of input JSON each), pieces wait in the object store packed (4.3x smaller,
+so 4M comments do not spill), partitions never enter the object store as blocks, and each build
+task writes its slices itself instead of through `write_parquet`, whose fused task holds its whole
+output (Ray 2.60).
 
 Every input line ends as exactly one example row or one ledger row, so
 `records_read == records_malformed + sum(dropped) + examples_written` is a count of written rows,
@@ -71,17 +78,38 @@ def split_by_thread(table: pa.Table, n_partitions: int) -> list[pa.Table]:
     return [table.filter(pc.equal(part, p)) for p in range(n_partitions)]
 
 
+def pack_piece(table: pa.Table) -> bytes:
+    """A partition piece as a zstd (level 1) compressed Arrow IPC stream: 4.3x smaller in the object
+    store (measured on parsed synthetic chunks: ~23 ms per 16 MiB JSON chunk to pack, a few ms to
+    unpack; LZ4 was 2.6x at ~19 ms), so the parsed corpus waits for the build without spilling:
+    4M comments are ~1.3 GB of Arrow, ~0.3 GB packed."""
+    import pyarrow.ipc as ipc
+
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema, options=ipc.IpcWriteOptions(compression=pa.Codec("zstd", 1))) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def unpack_piece(data: bytes) -> pa.Table:
+    import pyarrow.ipc as ipc
+
+    return ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
 def concat_partition(*pieces: pa.Table) -> pa.Table:
-    """Ray task body: one partition's pieces from every parse task -> one block of whole threads."""
-    return pa.concat_tables(pieces) if pieces else records.RECORD_SCHEMA.empty_table()
+    """Ray task body: one partition's pieces from every parse task -> one block of whole threads,
+    sorted by link_id, so the build cuts it into slices of whole threads without copying it."""
+    table = pa.concat_tables(pieces) if pieces else records.RECORD_SCHEMA.empty_table()
+    return table.sort_by([("link_id", "ascending")]) if table.num_rows > BUILD_SLICE_ROWS else table
 
 
 def read_records(f: sources.InputFile, plan: tuple[str, int, int], chunk_bytes: int, filters: Any,
-                 n_partitions: int = 0) -> Iterator[pa.Table]:
+                 n_partitions: int = 0) -> Iterator[pa.Table | bytes]:
     """Ray task body (streaming generator): decompress, parse and filter one file / byte range /
     chunk shard, yielding RECORD_SCHEMA blocks chunk by chunk (plus a marker row when the file
-    ended early). With n_partitions > 0 each chunk is yielded as n_partitions blocks, block i of
-    the stream belonging to partition i % n_partitions (split_by_thread)."""
+    ended early). With n_partitions > 0 the parsed chunks are gathered into exchange rounds, each
+    yielded as n_partitions packed pieces: piece i of the stream belongs to partition i % n_partitions."""
     kind, a, b = plan
     if kind == "range":
         chunks = sources.iter_range_chunks(f, a, b, chunk_bytes)
@@ -89,27 +117,57 @@ def read_records(f: sources.InputFile, plan: tuple[str, int, int], chunk_bytes: 
         chunks = sources.iter_chunks(f, chunk_bytes, shard=a, n_shards=b)
     else:
         chunks = sources.iter_chunks(f, chunk_bytes)
-    for c in chunks:
-        info = records.ChunkInfo(c.source, c.index, c.kind_hint)
-        table = records.parse_and_filter(c.data, info, filters, truncated_tail=c.truncated_tail)
-        if c.truncated_tail:
-            table = pa.concat_tables([table, _truncation_row(info, c.error)])
-        # explicit loops, not `yield from`: Ray drives a streaming generator with send(), which a
-        # delegated list iterator does not have
-        for piece in split_by_thread(table, n_partitions) if n_partitions else [table]:
-            yield piece
+
+    def parsed() -> Iterator[pa.Table]:
+        for c in chunks:
+            info = records.ChunkInfo(c.source, c.index, c.kind_hint)
+            table = records.parse_and_filter(c.data, info, filters, truncated_tail=c.truncated_tail)
+            if c.truncated_tail:
+                table = pa.concat_tables([table, _truncation_row(info, c.error)])
+            yield table
+
+    # explicit loops, not `yield from`: Ray drives a streaming generator with send(), which a
+    # delegated generator would receive
+    for block in exchange_rounds(parsed(), n_partitions) if n_partitions else parsed():
+        yield block
 
 
-def read_parquet_records(path: str, batch_rows: int, filters: Any, n_partitions: int) -> Iterator[pa.Table]:
+def read_parquet_records(path: str, batch_rows: int, filters: Any, n_partitions: int) -> Iterator[bytes]:
     """Ray task body (streaming generator): a Parquet input with Pushshift field names, batch by batch,
-    through parse_parquet_batch, split like read_records."""
+    through parse_parquet_batch, yielded in exchange rounds like read_records."""
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-        table = pa.Table.from_batches([batch])
-        table = table.append_column("__source", pa.repeat(pa.scalar(path), table.num_rows))
-        for piece in split_by_thread(parse_parquet_batch(table, filters), n_partitions):
-            yield piece
+    def parsed() -> Iterator[pa.Table]:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            table = pa.Table.from_batches([batch])
+            table = table.append_column("__source", pa.repeat(pa.scalar(path), table.num_rows))
+            yield parse_parquet_batch(table, filters)
+
+    for piece in exchange_rounds(parsed(), n_partitions):
+        yield piece
+
+
+EXCHANGE_ROUND_BYTES = 32 << 20  # parsed Arrow bytes a read task gathers before cutting them by partition
+
+
+def exchange_rounds(tables: Iterator[pa.Table], n_partitions: int) -> Iterator[bytes]:
+    """Parsed tables -> packed partition pieces, n_partitions per round of ~EXCHANGE_ROUND_BYTES.
+    Cutting every 16 MiB chunk n ways made pieces of ~100 KB packed at 22 partitions (4M comments),
+    and Ray keeps task returns under 100 KB (max_direct_call_object_size) in the caller's heap instead
+    of the object store: the driver grew to 0.6 GiB. A round of a few chunks keeps pieces several
+    times larger for any partition count up to ~60, in a constant ~32 MiB per read task."""
+    pending: list[pa.Table] = []
+    pending_bytes = 0
+    for table in tables:
+        pending.append(table)
+        pending_bytes += table.nbytes
+        if pending_bytes >= EXCHANGE_ROUND_BYTES:
+            for piece in split_by_thread(pa.concat_tables(pending), n_partitions):
+                yield pack_piece(piece)
+            pending, pending_bytes = [], 0
+    if pending:
+        for piece in split_by_thread(pa.concat_tables(pending), n_partitions):
+            yield pack_piece(piece)
 
 
 def _truncation_row(info: records.ChunkInfo, error: str | None) -> pa.Table:
@@ -160,34 +218,26 @@ def parse_parquet_batch(batch: pa.Table, filters: Any) -> pa.Table:
     return records.parse_and_filter(lines, info, filters)
 
 
-def build_stage_batch(batch: pa.Table, cfg: PrepareConfig) -> pa.Table:
-    return threads.build_block(batch, cfg)
-
-
-BUILD_SLICE_ROWS = 20_000  # records per build_block call inside one partition (whole threads)
+BUILD_SLICE_ROWS = 20_000  # records per build_block call inside one block (whole threads)
 
 
 def build_stage_slices(block: pa.Table, cfg: PrepareConfig) -> Iterator[pa.Table]:
-    """A whole partition -> its stage rows, built and yielded in slices of whole threads of about
-    BUILD_SLICE_ROWS records. build_block turns its logic columns into Python lists; a slice at a
-    time keeps that from growing with the partition.
-
-    With staging_write="streamed" only the link_id column is sorted and each slice gathers its own
-    rows (`take`), so the partition is never copied whole (it stays in the object store): flat memory.
-    Otherwise the partition is sorted once and sliced without copies: 10-25% faster to build (measured
-    on a 108k-record partition), at the cost of one partition-sized copy."""
+    """A block of whole threads -> its stage rows, built and yielded in slices of whole threads of
+    about BUILD_SLICE_ROWS records. build_block turns its logic columns into Python lists; a slice at
+    a time keeps that from growing with the block. A block sorted by link_id (the 'partition' and
+    'sort' groupings hand on sorted blocks) is sliced without copies; otherwise (a hash partition)
+    only the link_id column is sorted and each slice gathers its own rows, so the block is never
+    copied whole."""
     if block.num_rows <= BUILD_SLICE_ROWS:
         yield threads.build_block(block, cfg)
         return
-    if cfg.staging_write == "streamed":
-        order = pc.sort_indices(block["link_id"])  # (n,) row order by thread
-        links = block["link_id"].take(order)
-        take = lambda a, n: block.take(order.slice(a, n))  # noqa: E731
-    else:
-        block = block.sort_by([("link_id", "ascending")])
-        links = block["link_id"]
+    links = block["link_id"].combine_chunks()
+    if pc.all(pc.greater_equal(links[1:], links[:-1])).as_py():
         take = block.slice
-    links = links.combine_chunks()
+    else:
+        order = pc.sort_indices(links)  # (n,) row order by thread
+        links = links.take(order)
+        take = lambda a, n: block.take(order.slice(a, n))  # noqa: E731
     # position i (in thread order) starts a new thread where link_id changes; slices are cut only there
     starts = np.flatnonzero(np.asarray(pc.not_equal(links[1:], links[:-1]).to_numpy(zero_copy_only=False))) + 1
     cuts = [0]
@@ -200,17 +250,143 @@ def build_stage_slices(block: pa.Table, cfg: PrepareConfig) -> Iterator[pa.Table
         yield threads.build_block(take(a, b - a), cfg)
 
 
-STREAMED_FILE_BYTES = 64 << 20  # staging file size of staging_write="streamed"
+@dataclass
+class _OpenFile:
+    writer: Any = None  # pq.ParquetWriter, opened at the first flush
+    path: Path | None = None
+    rows: int = 0  # rows written to this file
+    number: int = 0  # files already closed in this folder
+    pending: list[pa.Table] = field(default_factory=list)  # rows not yet flushed
+    pending_rows: int = 0
+
+
+class StageFiles:
+    """The Parquet files one build call writes, as its slices come: one open writer per folder, rows
+    buffered up to FLUSH_ROWS per row group and a new file every `rows_per_file` rows, so memory does
+    not grow with the block. File names derive from the block's first thread (threads never span
+    blocks), so a task that Ray retries rewrites its own files instead of adding copies."""
+
+    FLUSH_ROWS = 65_536
+
+    def __init__(self, stem: str, rows_per_file: int) -> None:
+        self.stem = stem
+        self.rows_per_file = rows_per_file
+        self._open: dict[Path, _OpenFile] = {}
+        self.written: list[dict] = []  # {"path", "rows"} of every closed file
+
+    def add(self, folder: Path, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        f = self._open.setdefault(folder, _OpenFile())
+        f.pending.append(table)
+        f.pending_rows += table.num_rows
+        if f.pending_rows >= self.FLUSH_ROWS:
+            self._flush(folder, f)
+
+    def close(self) -> list[dict]:
+        for folder, f in self._open.items():
+            if f.pending:
+                self._flush(folder, f)
+            if f.writer is not None:
+                self._close_file(f)
+        self._open = {}
+        return self.written
+
+    def _flush(self, folder: Path, f: _OpenFile) -> None:
+        import pyarrow.parquet as pq
+
+        rows = pa.concat_tables(f.pending)
+        f.pending, f.pending_rows = [], 0
+        if f.writer is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            f.path = folder / f"part-{self.stem}-{f.number:03d}.parquet"
+            f.writer = pq.ParquetWriter(f.path, rows.schema)
+        f.writer.write_table(rows)
+        f.rows += rows.num_rows
+        if f.rows >= self.rows_per_file:
+            self._close_file(f)
+
+    def _close_file(self, f: _OpenFile) -> None:
+        f.writer.close()
+        self.written.append({"path": str(f.path), "rows": f.rows})
+        f.writer, f.path, f.rows, f.number = None, None, 0, f.number + 1
+
+
+def block_stem(block: pa.Table) -> str:
+    """A stable file-name stem for a block of whole threads: a digest of its smallest link_id."""
+    import hashlib
+
+    first = pc.min(block["link_id"]).as_py() or ""
+    return hashlib.sha1(first.encode()).hexdigest()[:16]
+
+
+def build_and_stage(block: pa.Table, cfg: PrepareConfig, output: str) -> pa.Table:
+    """4-5. Ray Data UDF over one block of whole threads: build its stage rows slice by slice and write
+    each slice as it comes: pairs and the ledger straight to their final folders, examples to
+    `_staging/example/split=<s>/` (their subreddit z-scores need every block's TRAIN statistics first).
+    Writing here rather than through `write_parquet` keeps memory flat: Ray 2.60's write operator tees
+    the blocks it writes and its Parquet writer lists them, so a fused build+write task holds its
+    block's whole output (measured: peak 1.60x from 1M to 4M comments). Returns one row per file."""
+    files = StageFiles(block_stem(block), cfg.rows_per_file) if block.num_rows else None
+    out = Path(output)
+    for stage in build_stage_slices(block, cfg) if files else ():
+        for kind, root in (("example", out / STAGING / "example"), ("pair", out / "pairs"), ("ledger", out / "ledger")):
+            rows = threads.select_output(stage, kind)
+            if kind == "ledger":
+                files.add(root, rows)
+                continue
+            for split in pc.unique(rows["split"]).to_pylist():
+                files.add(root / f"split={split}", rows.filter(pc.equal(rows["split"], split)))
+    written = files.close() if files else []
+    return pa.table({
+        "path": pa.array([w["path"] for w in written], pa.string()),
+        "rows": pa.array([w["rows"] for w in written], pa.int64()),
+    })
+
+
+def build_partitions(batch: dict[str, np.ndarray], pieces: list[list], cfg: PrepareConfig, output: str) -> pa.Table:
+    """3-5. Ray Data UDF of the 'partition' grouping, over a dataset of partition indices: for each, fetch
+    its packed pieces from every parse task, unpack them into one block of whole threads in link_id
+    order (concat_partition), then build and stage it (build_and_stage). Partitions never enter the
+    object store as blocks, so only the packed pieces wait there. Returns one row per file written."""
+    import ray
+
+    written = []
+    for p in batch["id"].tolist():
+        block = concat_partition(*[unpack_piece(data) for data in ray.get(pieces[p])])
+        written.append(build_and_stage(block, cfg, output))
+        del block
+        release_free_heap()
+    return pa.concat_tables(written)
+
+
+def release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc malloc_trim). Ray keeps task workers alive between
+    tasks, and glibc otherwise keeps the high-water mark of every task a worker ran."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.util.find_library("c")
+    if sys.platform.startswith("linux") and libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+            pass
+
+
+STAGING = "_staging"
 
 
 def partition_count(files: list[sources.InputFile], cpus: int, configured: int | None) -> int:
     """Partitions of the 'partition' grouping: the configured number, else at least 2 per CPU (and 4),
-    and more for big inputs so a partition stays near PARTITION_TARGET_BYTES of input JSON and peak
-    memory stays flat as the corpus grows."""
+    and more for big inputs so a partition stays near PARTITION_TARGET_BYTES of input JSON (a build
+    task's memory is about two partitions, so peak memory stays flat as the corpus grows), rounded up
+    to a multiple of the CPUs so the last round of build tasks does not leave CPUs idle."""
     if configured:
         return configured
     estimated = sum(f.size_bytes * (COMPRESSION_RATIO_ESTIMATE if f.compression != "none" else 1) for f in files)
-    return max(default_partitions(cpus), -(-estimated // PARTITION_TARGET_BYTES))
+    wanted = max(default_partitions(cpus), -(-estimated // PARTITION_TARGET_BYTES))
+    return -(-wanted // cpus) * cpus
 
 
 def default_partitions(cpus: int) -> int:
@@ -218,7 +394,7 @@ def default_partitions(cpus: int) -> int:
     return max(4, 2 * cpus)
 
 
-PARTITION_TARGET_BYTES = 256 << 20
+PARTITION_TARGET_BYTES = 96 << 20
 COMPRESSION_RATIO_ESTIMATE = 8  # Pushshift JSON under zstd/gzip: ~6-10x (as tasks_per_file assumes)
 
 
@@ -329,47 +505,41 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
 
     t_main = time.perf_counter()
     if cfg.shuffle == "partition":
-        grouped = _read_partitioned(text_files, parquet_files, cfg, cpus, chunk_bytes)
-        build = build_stage_slices  # a partition is big: built and handed on in slices
+        staged = _partition_and_build(text_files, parquet_files, cfg, cpus, chunk_bytes, out)
     else:
         grouped = _read_shuffled(text_files, parquet_files, cfg, cpus, chunk_bytes)
-        build = build_stage_batch
-    # 4. build
-    stage_ds = grouped.map_batches(build, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
-    staging = out / "_staging"
-    if cfg.staging_write == "streamed":
-        # A bytes target makes Ray Data bundle the build's output blocks for separate write tasks (no
-        # fusion: Ray 2.60 plan_write_op), so no task holds a whole partition's output.
-        stage_ds.write_parquet(str(staging), partition_cols=["output"], min_bytes_per_file=STREAMED_FILE_BYTES)
-    else:
-        stage_ds.write_parquet(str(staging), partition_cols=["output"], min_rows_per_file=cfg.rows_per_file)
+        # 4-5. build + stage: each call writes its own files and returns one row per file
+        staged = grouped.map_batches(
+            build_and_stage, batch_size=None, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "output": str(out)}
+        ).materialize()
+    staged_files = staged.take_all()
     timings["read_parse_group_build"] = time.perf_counter() - t_main
-    ray_stats = stage_ds.stats()
+    ray_stats = staged.stats()
 
     manifest = Manifest(inputs=[_input_info(f) for f in files], config=to_dict(cfg), versions=_versions())
 
-    # 6. count: one task per staged ledger file, merged here. Plain Ray tasks rather than Ray Data
+    # 6. count: one task per ledger file, merged here. Plain Ray tasks rather than Ray Data
     # aggregates: each Ray Data execution costs seconds of fixed start-up, these cost milliseconds.
     t0 = time.perf_counter()
-    ledger_files = _parquet_files(staging / "output=ledger")
-    example_files = _parquet_files(staging / "output=example")
-    pair_files = _parquet_files(staging / "output=pair")
+    staging = out / STAGING
+    ledger_files = [f["path"] for f in staged_files if Path(f["path"]).is_relative_to(out / "ledger")]
+    example_files = [f["path"] for f in staged_files if Path(f["path"]).is_relative_to(staging)]
     count_task = ray.remote(ledger_counts)
     moments_task = ray.remote(train_subreddit_moments)
-    counted = ray.get([count_task.remote(str(p)) for p in ledger_files])
-    moments = ray.get([moments_task.remote(str(p)) for p in example_files])
+    counted = ray.get([count_task.remote(p) for p in ledger_files])
+    moments = ray.get([moments_task.remote(p) for p in example_files])
     groups = [g for part in counted for g in part["groups"]]
     _accumulate(manifest, groups)
     manifest.truncated_files = [e for part in counted for e in part["truncated"]]
     manifest.subreddit_stats = merge_moments(moments)
     timings["count"] = time.perf_counter() - t0
 
-    # 7. finish: z-scores, per-kind columns, split folders; one task per staged file.
+    # 7. finish: subreddit z-scores from TRAIN statistics, one task per staged example file (pairs and
+    # the ledger were written final by the build).
     t0 = time.perf_counter()
-    finish = ray.remote(finish_file)
-    jobs = [finish.remote(str(p), str(out / "examples"), "example", i, manifest.subreddit_stats) for i, p in enumerate(example_files)]
-    jobs += [finish.remote(str(p), str(out / "pairs"), "pair", i, None) for i, p in enumerate(pair_files)]
-    jobs += [finish.remote(str(p), str(out / "ledger"), "ledger", i, None) for i, p in enumerate(ledger_files)]
+    finish = ray.remote(finish_examples)
+    jobs = [finish.remote(p, str(out / "examples" / Path(p).relative_to(staging / "example")), manifest.subreddit_stats)
+            for p in example_files]
     ray.get(jobs)
     shutil.rmtree(staging, ignore_errors=True)
     timings["finish"] = time.perf_counter() - t0
@@ -394,13 +564,13 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
     return manifest
 
 
-def _read_partitioned(text_files: list, parquet_files: list, cfg: PrepareConfig, cpus: int, chunk_bytes: int):
-    """1-3. read + parse + group ('partition'): a Dataset whose every block holds whole threads."""
+def _partition_and_build(text_files: list, parquet_files: list, cfg: PrepareConfig, cpus: int, chunk_bytes: int, out: Path):
+    """1-5 of the 'partition' grouping; returns the materialized Dataset of staged files."""
     import ray
 
     n_partitions = partition_count(text_files + parquet_files, cpus, cfg.shuffle_partitions)
-    # 1-2. Each read task yields every parsed chunk already cut into n_partitions pieces (block i of
-    # a stream is partition i % n).
+    # 1-2. Each read task yields every parsed chunk already cut into n_partitions packed pieces
+    # (piece i of a stream belongs to partition i % n).
     generators = _submit_reads(text_files, cfg, cpus, chunk_bytes, n_partitions)
     parquet_task = ray.remote(num_returns="streaming")(read_parquet_records)
     generators += [parquet_task.remote(f.path, 65_536, cfg.filters, n_partitions) for f in parquet_files]
@@ -408,12 +578,13 @@ def _read_partitioned(text_files: list, parquet_files: list, cfg: PrepareConfig,
     for gen in generators:
         for i, ref in enumerate(gen):
             pieces[i % n_partitions].append(ref)
-    # 3. The exchange: one task per partition concatenates its pieces (refs passed as arguments, so Ray
-    # moves them to the task; the driver never holds the data).
-    concat = ray.remote(concat_partition)
-    merged = [concat.remote(*refs) for refs in pieces]
-    del pieces, generators  # the pieces are freed once their partition is concatenated
-    return ray.data.from_arrow_refs(merged)
+    # 3-5. The exchange and the build: one Ray Data task per partition fetches that partition's pieces
+    # (refs passed along, so the driver never holds the data), builds and stages it.
+    indices = ray.data.range(n_partitions, override_num_blocks=n_partitions)
+    return indices.map_batches(
+        build_partitions, batch_size=1, batch_format="numpy",
+        fn_kwargs={"pieces": pieces, "cfg": cfg, "output": str(out)},
+    ).materialize()
 
 
 def _submit_reads(text_files: list, cfg: PrepareConfig, cpus: int, chunk_bytes: int, n_partitions: int) -> list:
@@ -456,10 +627,6 @@ def _read_shuffled(text_files: list, parquet_files: list, cfg: PrepareConfig, cp
     # No sort=True: build_block sorts its block by link_id itself.
     n_partitions = cfg.shuffle_partitions or default_partitions(cpus)
     return record_ds.repartition(n_partitions, keys=["link_id"])
-
-
-def _parquet_files(folder: Path) -> list[Path]:
-    return sorted(folder.rglob("*.parquet")) if folder.exists() else []
 
 
 def ledger_counts(path: str) -> dict:
@@ -515,34 +682,23 @@ def add_subreddit_z(table: pa.Table, stats: dict[str, dict]) -> pa.Table:
     return table.append_column("subreddit_z", pa.array(z, pa.float64()))
 
 
-FINAL_SCHEMAS = {"example": threads.EXAMPLE_SCHEMA, "pair": threads.PAIR_SCHEMA, "ledger": threads.LEDGER_SCHEMA}
-
-
-def finish_file(path: str, out_dir: str, kind: str, index: int, stats: dict | None) -> int:
-    """Ray task: one staged file -> final Parquet with only `kind`'s columns, split into
-    `split=<name>/` folders (examples and pairs); returns rows written. Streams record batches,
-    so its memory does not grow with the staged file."""
+def finish_examples(path: str, destination: str, stats: dict) -> int:
+    """Ray task: one staged example file -> its final file with `subreddit_z`; returns rows written.
+    Streams record batches, so its memory does not grow with the staged file."""
     import pyarrow.parquet as pq
 
-    writers: dict[str, pq.ParquetWriter] = {}
     rows = 0
-    source = pq.ParquetFile(path)
+    Path(destination).parent.mkdir(parents=True, exist_ok=True)
+    writer = None
     try:
-        for batch in source.iter_batches(batch_size=32_768, columns=FINAL_SCHEMAS[kind].names):
-            t = pa.Table.from_batches([batch])
-            if kind == "example":
-                t = add_subreddit_z(t, stats or {"__all__": {"mean": 0.0, "std": 1.0}})
-            parts = {"": t} if kind == "ledger" else {s: t.filter(pc.equal(t["split"], s)) for s in pc.unique(t["split"]).to_pylist()}
-            for split, part in parts.items():
-                if split not in writers:
-                    folder = Path(out_dir) / (f"split={split}" if split else "")
-                    folder.mkdir(parents=True, exist_ok=True)
-                    writers[split] = pq.ParquetWriter(folder / f"part-{index:05d}.parquet", part.schema)
-                writers[split].write_table(part)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=32_768):
+            t = add_subreddit_z(pa.Table.from_batches([batch]), stats)
+            writer = writer or pq.ParquetWriter(destination, t.schema)
+            writer.write_table(t)
             rows += t.num_rows
     finally:
-        for w in writers.values():
-            w.close()
+        if writer is not None:
+            writer.close()
     return rows
 
 

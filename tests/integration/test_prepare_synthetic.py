@@ -97,18 +97,10 @@ def test_plain_jsonl_split_into_byte_ranges_gives_the_same_examples(synthetic, t
     assert sorted(a["id"].to_pylist()) == sorted(b["id"].to_pylist())
 
 
-def test_streamed_staging_write_gives_the_same_examples(synthetic, tmp_path):
-    """staging_write=streamed (build and write as separate Ray Data stages) changes where rows wait,
-    not which rows are written (slicing inside the build: tests/unit/test_prepare_partition.py)."""
-    root, truth, m = synthetic
-    m2 = run_prepare([str(root / "corpus")], str(tmp_path / "out"), cfg("staging_write=streamed"), overwrite=True)
-    assert (m2.records_read, m2.records_malformed, m2.dropped, m2.examples_written, m2.pairs_written, m2.splits) == (
-        m.records_read, m.records_malformed, m.dropped, m.examples_written, m.pairs_written, m.splits)
-    a, b = examples(root / "prepared"), examples(tmp_path / "out")
-    assert sorted(zip(a["id"].to_pylist(), a["context"].to_pylist())) == sorted(zip(b["id"].to_pylist(), b["context"].to_pylist()))
-
-
-def test_parquet_input_with_pushshift_fields(synthetic, tmp_path):
+@pytest.mark.parametrize("shuffle", ["partition", "hash"])
+def test_parquet_input_with_pushshift_fields(synthetic, tmp_path, shuffle):
+    """Parquet inputs are read by streaming tasks under 'partition' and by Ray Data's read_parquet under
+    the Ray Data shuffles: both give the .zst run's examples."""
     root, truth, m = synthetic
     rows = []
     for f in sorted((root / "corpus").glob("RC_*.zst")):
@@ -123,10 +115,13 @@ def test_parquet_input_with_pushshift_fields(synthetic, tmp_path):
     (tmp_path / "pq").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pq" / "RC_comments.parquet")
     inputs = [str(tmp_path / "pq" / "RC_comments.parquet"), *map(str, sorted((root / "corpus").glob("RS_*.zst")))]
-    m3 = run_prepare(inputs, str(tmp_path / "out"), cfg(), overwrite=True)
+    m3 = run_prepare(inputs, str(tmp_path / "out"), cfg(f"shuffle={shuffle}"), overwrite=True)
     assert m3.records_read == len(rows)
     assert m3.examples_written == m.examples_written == truth.clean_comments
+    assert (m3.pairs_written, m3.splits) == (m.pairs_written, m.splits)
     assert m3.invariant_holds
+    a, b = examples(root / "prepared"), examples(tmp_path / "out")
+    assert sorted(zip(a["id"].to_pylist(), a["context"].to_pylist())) == sorted(zip(b["id"].to_pylist(), b["context"].to_pylist()))
 
 
 def test_manifest_json_is_complete_and_consistent(synthetic):
