@@ -112,11 +112,11 @@ def one_process_build(files: list[sources.InputFile], cfg: PrepareConfig, out: P
         for c in sources.iter_chunks(f, cfg.read.chunk_mib << 20):
             info = records.ChunkInfo(c.source, c.index, c.kind_hint)
             tables.append(records.apply_filters(records.parse_lines(c.data, info, truncated_tail=c.truncated_tail), cfg.filters))
-    stage = threads.build_block(pa.concat_tables(tables), cfg)
-    examples = threads.select_output(stage, "example")
+    built = threads.build_block(pa.concat_tables(tables), cfg)
+    examples = built.table("example")
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(examples, out / "examples.parquet")
-    pq.write_table(threads.select_output(stage, "pair"), out / "pairs.parquet")
+    pq.write_table(built.table("pair"), out / "pairs.parquet")
     return examples.num_rows, time.perf_counter() - t0
 
 

@@ -1,15 +1,15 @@
 """Threads -> examples, sibling pairs and the ledger (pure; no Ray).
 
-`build_block(records, cfg)` takes RECORD_SCHEMA rows holding WHOLE threads (the Ray Data pipeline
-hash-partitions by link_id first) and returns one table of STAGE_SCHEMA rows, each tagged by
-`output`:
+`build_block(records, cfg)` takes RECORD_SCHEMA rows holding WHOLE threads (the pipeline groups
+records by link_id first) and returns `BuiltRows`, one table per output kind in its own schema:
 
-- "example": a kept comment with its context (submission title + selftext, then up to K ancestor
-  comments, oldest first, each tagged OP or user), its karma labels and its metadata features;
-- "pair": two kept sibling replies, the preferred one first (labels.prefers);
-- "ledger": every input record that did NOT become an example, with its outcome (a drop reason,
-  a malformed reason, `duplicate`, or `submission`), plus one row per thread (record_kind
-  "thread") that carries the thread's counts (comments, dangling parents, examples, pairs).
+- examples (EXAMPLE_SCHEMA, one table per split): a kept comment with its context (submission
+  title + selftext, then up to K ancestor comments, oldest first, each tagged OP or user), its
+  karma labels and its metadata features;
+- pairs (PAIR_SCHEMA, per split): two kept sibling replies, the preferred one first (labels.prefers);
+- ledger (LEDGER_SCHEMA): every input record that did NOT become an example, with its outcome (a
+  drop reason, a malformed reason, `duplicate`, or `submission`), plus one row per thread
+  (record_kind "thread") that carries the thread's counts (comments, dangling parents, examples, pairs).
 
 So every input record is accounted for exactly once: as an example row or as a ledger row.
 Dropped comments still serve as context for their replies (what the readers saw).
@@ -18,6 +18,7 @@ Dropped comments still serve as context for their replies (what the readers saw)
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -86,16 +87,6 @@ LEDGER_FIELDS = [
 ]
 
 
-def _union(*field_lists: list[tuple[str, pa.DataType]]) -> pa.Schema:
-    seen: dict[str, pa.DataType] = {}
-    for fields in field_lists:
-        for name, tp in fields:
-            if name in seen and seen[name] != tp:
-                raise TypeError(f"field {name} has two types")
-            seen.setdefault(name, tp)
-    return pa.schema([("output", pa.string())] + list(seen.items()))
-
-
 EXAMPLE_SCHEMA = pa.schema(EXAMPLE_FIELDS)
 # A pair carries the shared thread columns too.
 PAIR_SCHEMA = pa.schema(
@@ -105,7 +96,22 @@ PAIR_SCHEMA = pa.schema(
 LEDGER_SCHEMA = pa.schema(
     [("id", pa.string()), ("link_id", pa.string()), ("subreddit", pa.string()), ("split", pa.string())] + LEDGER_FIELDS
 )
-STAGE_SCHEMA = _union(EXAMPLE_FIELDS, PAIR_FIELDS, list(zip(LEDGER_SCHEMA.names, LEDGER_SCHEMA.types)))
+
+
+@dataclass
+class BuiltRows:
+    """build_block's output. Built per split, so writing examples and pairs by split copies nothing."""
+
+    examples: dict[str, pa.Table]  # split -> EXAMPLE_SCHEMA rows
+    pairs: dict[str, pa.Table]  # split -> PAIR_SCHEMA rows
+    ledger: pa.Table  # LEDGER_SCHEMA rows
+
+    def table(self, kind: str) -> pa.Table:
+        """All rows of one kind ('example', 'pair' or 'ledger') in one table."""
+        if kind == "ledger":
+            return self.ledger
+        parts, schema = (self.examples, EXAMPLE_SCHEMA) if kind == "example" else (self.pairs, PAIR_SCHEMA)
+        return pa.concat_tables(parts.values()) if parts else schema.empty_table()
 
 
 # Example columns computed per thread (the rest are taken from the record table by index, or
@@ -140,63 +146,65 @@ _EXAMPLE_TAKEN = {
 }
 
 
+def _arrow_table(schema: pa.Schema, columns: dict[str, Any], n: int) -> pa.Table:
+    """Columns (Arrow arrays or Python lists; missing ones null) -> a table of `schema`."""
+    arrays = []
+    for f in schema:
+        value = columns.get(f.name)
+        if value is None:
+            arrays.append(pa.nulls(n, f.type))
+        elif isinstance(value, (pa.Array, pa.ChunkedArray)):
+            arrays.append(value if value.type == f.type else value.cast(f.type))
+        else:
+            arrays.append(pa.array(value, f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 class _Rows:
-    """Output rows of one block, kept as record indices plus the values computed per thread.
+    """Output rows of one block, kept as record indices plus the values computed per thread, per split.
 
     Columns that are copies of record columns (ids, texts, scores, times) are produced by one
     Arrow `take` per column, and row-wise derivable ones (name, log_score, hour, weekday) by
-    vectorized compute, so no Python string crosses back into Arrow twice. `table()` pads each
-    output kind to STAGE_SCHEMA.
+    vectorized compute, so no Python string crosses back into Arrow twice.
     """
 
     def __init__(self, records: pa.Table) -> None:
         self.records = records
-        self.example_index: list[int] = []
-        self.example_values: list[tuple] = []  # _EXAMPLE_COMPUTED order
-        self.pair_index: list[tuple[int, int]] = []  # (chosen, rejected) record indices
-        self.pair_values: list[tuple] = []  # (parent_id, split, context, context_depth)
+        # split -> (record indices, values in _EXAMPLE_COMPUTED order)
+        self.example_rows: dict[str, tuple[list[int], list[tuple]]] = {}
+        # split -> ((chosen, rejected) record indices, (parent_id, split, context, context_depth))
+        self.pair_rows: dict[str, tuple[list[tuple[int, int]], list[tuple]]] = {}
         self.ledger_index: list[int] = []  # records that did not become examples
         self.ledger_values: list[tuple] = []  # (outcome, split)
         self.thread_rows: list[dict] = []  # per-thread ledger rows (no record behind them)
 
     def example(self, i: int, values: tuple) -> None:
-        self.example_index.append(i)
-        self.example_values.append(values)
+        index, computed = self.example_rows.setdefault(values[0], ([], []))  # values[0]: the split
+        index.append(i)
+        computed.append(values)
 
     def pair(self, a: int, b: int, values: tuple) -> None:
-        self.pair_index.append((a, b))
-        self.pair_values.append(values)
+        index, computed = self.pair_rows.setdefault(values[1], ([], []))  # values[1]: the split
+        index.append((a, b))
+        computed.append(values)
 
     def ledger(self, i: int, outcome: str, split: str | None) -> None:
         self.ledger_index.append(i)
         self.ledger_values.append((outcome, split or "none"))
 
-    def table(self) -> pa.Table:
-        parts = [self._examples(), self._pairs(), self._ledger()]
-        parts = [p for p in parts if p is not None]
-        return pa.concat_tables(parts) if parts else STAGE_SCHEMA.empty_table()
+    def built(self) -> BuiltRows:
+        return BuiltRows(
+            examples={split: self._examples(*rows) for split, rows in self.example_rows.items()},
+            pairs={split: self._pairs(*rows) for split, rows in self.pair_rows.items()},
+            ledger=self._ledger(),
+        )
 
     def _take(self, index: list[int], column: str) -> pa.Array:
         return self.records[column].take(pa.array(index, pa.int64())).combine_chunks()
 
-    def _pad(self, kind: str, columns: dict[str, Any], n: int) -> pa.Table:
-        arrays = []
-        for field in STAGE_SCHEMA:
-            if field.name == "output":
-                arrays.append(pa.repeat(pa.scalar(kind, pa.string()), n))
-            elif field.name in columns:
-                value = columns[field.name]
-                arrays.append(value.cast(field.type) if isinstance(value, pa.Array) else pa.array(value, field.type))
-            else:
-                arrays.append(pa.nulls(n, field.type))
-        return pa.Table.from_arrays(arrays, schema=STAGE_SCHEMA)
-
-    def _examples(self) -> pa.Table | None:
-        n = len(self.example_index)
-        if n == 0:
-            return None
-        columns: dict[str, Any] = {out: self._take(self.example_index, src) for out, src in _EXAMPLE_TAKEN.items()}
-        columns.update(zip(_EXAMPLE_COMPUTED, map(list, zip(*self.example_values))))
+    def _examples(self, index: list[int], computed: list[tuple]) -> pa.Table:
+        columns: dict[str, Any] = {out: self._take(index, src) for out, src in _EXAMPLE_TAKEN.items()}
+        columns.update(zip(_EXAMPLE_COMPUTED, map(list, zip(*computed))))
         score = pc.cast(columns["score"], pa.float64())
         created = columns["created_utc"]
         columns["name"] = pc.binary_join_element_wise("t1_", columns["id"], "")
@@ -206,15 +214,12 @@ class _Rows:
         columns["weekday"] = pc.cast(pc.subtract(pc.add(days, 3.0), pc.multiply(pc.floor(pc.divide(pc.add(days, 3.0), 7.0)), 7.0)), pa.int32())
         seconds_in_day = pc.subtract(pc.cast(created, pa.float64()), pc.multiply(days, 86400.0))
         columns["hour"] = pc.cast(pc.floor(pc.divide(seconds_in_day, 3600.0)), pa.int32())
-        return self._pad("example", columns, n)
+        return _arrow_table(EXAMPLE_SCHEMA, columns, len(index))
 
-    def _pairs(self) -> pa.Table | None:
-        n = len(self.pair_index)
-        if n == 0:
-            return None
-        chosen = [a for a, _ in self.pair_index]
-        rejected = [b for _, b in self.pair_index]
-        parent, split, context, context_depth = map(list, zip(*self.pair_values))
+    def _pairs(self, index: list[tuple[int, int]], computed: list[tuple]) -> pa.Table:
+        chosen = [a for a, _ in index]
+        rejected = [b for _, b in index]
+        parent, split, context, context_depth = map(list, zip(*computed))
         chosen_id, rejected_id = self._take(chosen, "id"), self._take(rejected, "id")
         columns = {
             "pair_id": pc.binary_join_element_wise(chosen_id, rejected_id, ">"),
@@ -233,9 +238,9 @@ class _Rows:
             "chosen_created_utc": self._take(chosen, "created_utc"),
             "rejected_created_utc": self._take(rejected, "created_utc"),
         }
-        return self._pad("pair", columns, n)
+        return _arrow_table(PAIR_SCHEMA, columns, len(index))
 
-    def _ledger(self) -> pa.Table | None:
+    def _ledger(self) -> pa.Table:
         parts = []
         n = len(self.ledger_index)
         if n:
@@ -253,22 +258,21 @@ class _Rows:
                 "source": self._take(self.ledger_index, "source"),
                 "detail": detail,
             }
-            parts.append(self._pad("ledger", columns, n))
+            parts.append(_arrow_table(LEDGER_SCHEMA, columns, n))
         if self.thread_rows:
-            names = LEDGER_SCHEMA.names
-            columns = {name: [row.get(name) for row in self.thread_rows] for name in names}
-            parts.append(self._pad("ledger", columns, len(self.thread_rows)))
-        return pa.concat_tables(parts) if parts else None
+            columns = {name: [row.get(name) for row in self.thread_rows] for name in LEDGER_SCHEMA.names}
+            parts.append(_arrow_table(LEDGER_SCHEMA, columns, len(self.thread_rows)))
+        return pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
 
 
 # Record columns the per-thread logic reads as Python values (texts only for contexts).
 _LOGIC_COLUMNS = ("record_kind", "id", "parent_id", "link_id", "subreddit", "author", "text", "title", "score", "created_utc", "retrieved_on", "drop_reason")
 
 
-def build_block(records: pa.Table, cfg: PrepareConfig) -> pa.Table:
-    """RECORD_SCHEMA rows of whole threads -> STAGE_SCHEMA rows (examples, pairs, ledger)."""
+def build_block(records: pa.Table, cfg: PrepareConfig) -> BuiltRows:
+    """RECORD_SCHEMA rows of whole threads -> their examples, pairs and ledger rows."""
     if records.num_rows == 0:
-        return STAGE_SCHEMA.empty_table()
+        return BuiltRows({}, {}, LEDGER_SCHEMA.empty_table())
     records = records.sort_by([("link_id", "ascending")])
     out = _Rows(records)
     cols = {name: records[name].to_pylist() for name in _LOGIC_COLUMNS}
@@ -285,7 +289,7 @@ def build_block(records: pa.Table, cfg: PrepareConfig) -> pa.Table:
         else:
             _build_thread(cols, list(range(start, end + 1)), cfg, out)
         start = end + 1
-    return out.table()
+    return out.built()
 
 
 def _dedup(cols: dict, rows: list[int], out: _Rows, split: str) -> list[int]:
@@ -517,10 +521,3 @@ def largest_gap_pairs(candidates: list[int], scores: list, created: list, ids: l
                 heapq.heappush(heap, (-(scores[x] - scores[y]), ids[x], ids[y], nhi, nlo))
     found.sort(key=lambda f: (-f[0], f[1], f[2]))
     return [(a, b) for _, _, _, a, b in found[:limit]]
-
-
-def select_output(stage: pa.Table, output: str) -> pa.Table:
-    """The rows of one output kind, with only that kind's columns."""
-    schema = {"example": EXAMPLE_SCHEMA, "pair": PAIR_SCHEMA, "ledger": LEDGER_SCHEMA}[output]
-    rows = stage.filter(pc.equal(stage["output"], output))
-    return rows.select(schema.names)

@@ -7,7 +7,7 @@ import pytest
 from karma_ray.config import PrepareConfig, load_config
 from karma_ray.data.format import render_context
 from karma_ray.data.records import rows_to_table
-from karma_ray.data.threads import build_block, select_output
+from karma_ray.data.threads import build_block
 
 
 def rec(kind, rid, parent=None, link="t3_s", score=1, created=0, author="u", text=None, drop=None, retrieved=None, title=None):
@@ -53,8 +53,8 @@ def thread():
 def build(rows, *overrides):
     cfg = load_config(PrepareConfig, None, ["pairs.min_score_ratio=2", *overrides])
     stage = build_block(rows_to_table(rows), cfg)
-    ex = {r["id"]: r for r in select_output(stage, "example").to_pylist()}
-    return ex, select_output(stage, "pair").to_pylist(), select_output(stage, "ledger").to_pylist()
+    ex = {r["id"]: r for r in stage.table("example").to_pylist()}
+    return ex, stage.table("pair").to_pylist(), stage.table("ledger").to_pylist()
 
 
 def test_context_is_submission_then_ancestors_oldest_first_with_roles():
