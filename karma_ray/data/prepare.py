@@ -53,7 +53,6 @@ import pyarrow.compute as pc
 
 from karma_ray.config import PrepareConfig, save_resolved, to_dict
 from karma_ray.data import records, sources, threads
-from karma_ray.data.labels import zscore
 
 MANIFEST = "manifest.json"
 
@@ -671,12 +670,16 @@ def merge_moments(parts: list[dict[str, list[float]]]) -> dict[str, dict]:
 
 
 def add_subreddit_z(table: pa.Table, stats: dict[str, dict]) -> pa.Table:
-    """subreddit_z = (log_score - mean_sub) / std_sub with TRAIN statistics (pooled for unseen subreddits)."""
+    """subreddit_z = (log_score - mean_sub) / std_sub with TRAIN statistics (pooled for unseen
+    subreddits; centred only where std is 0, as labels.zscore), computed per distinct subreddit."""
     fallback = stats["__all__"]
-    z = [
-        zscore(value, stats.get(sub, fallback)["mean"], stats.get(sub, fallback)["std"])
-        for sub, value in zip(table["subreddit"].to_pylist(), table["log_score"].to_pylist())
-    ]
+    subs = pc.dictionary_encode(table["subreddit"]).combine_chunks()
+    names = subs.dictionary.to_pylist() + [None]  # the last entry serves null subreddits
+    mean = np.array([stats.get(n, fallback)["mean"] for n in names], dtype=np.float64)
+    std = np.array([stats.get(n, fallback)["std"] for n in names], dtype=np.float64)
+    index = pc.fill_null(subs.indices, len(names) - 1).to_numpy(zero_copy_only=False)
+    centred = table["log_score"].to_numpy() - mean[index]
+    z = np.where(std[index] > 0, centred / np.where(std[index] > 0, std[index], 1.0), centred)
     return table.append_column("subreddit_z", pa.array(z, pa.float64()))
 
 
