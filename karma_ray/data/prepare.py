@@ -37,6 +37,7 @@ not of side-channel counters; the manifest states it and prepare checks it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -97,8 +98,8 @@ def unpack_piece(data: bytes) -> pa.Table:
 
 
 def concat_partition(*pieces: pa.Table) -> pa.Table:
-    """Ray task body: one partition's pieces from every parse task -> one block of whole threads,
-    sorted by link_id, so the build cuts it into slices of whole threads without copying it."""
+    """One partition's pieces from every parse task -> one block of whole threads, sorted by link_id
+    (when it will be built in slices), so the build cuts it into slices without copying it."""
     table = pa.concat_tables(pieces) if pieces else records.RECORD_SCHEMA.empty_table()
     return table.sort_by([("link_id", "ascending")]) if table.num_rows > BUILD_SLICE_ROWS else table
 
@@ -360,15 +361,22 @@ def build_partitions(batch: dict[str, np.ndarray], pieces: list[list], cfg: Prep
 def release_free_heap() -> None:
     """Return freed heap pages to the OS (glibc malloc_trim). Ray keeps task workers alive between
     tasks, and glibc otherwise keeps the high-water mark of every task a worker ran."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, looked up once per process (find_library runs ldconfig); None elsewhere."""
     import ctypes
     import ctypes.util
 
-    libc = ctypes.util.find_library("c")
-    if sys.platform.startswith("linux") and libc:
-        try:
-            ctypes.CDLL(libc).malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
-            pass
+    libc = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    try:
+        return ctypes.CDLL(libc).malloc_trim if libc else None
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+        return None
 
 
 STAGING = "_staging"
