@@ -161,7 +161,7 @@ def main() -> int:
     p.add_argument("--object-store-gb", type=float, default=1.0)
     p.add_argument("--workdir", default="runs/bench")
     p.add_argument("--memory-only", action="store_true", help="skip the baselines; pipeline at 1x and --scale x only")
-    p.add_argument("overrides", nargs="*", help="pipeline config overrides, e.g. staging_write=streamed")
+    p.add_argument("overrides", nargs="*", help="pipeline config overrides, e.g. shuffle=sort")
     args = p.parse_args()
     work = Path(args.workdir)
     overrides = [
