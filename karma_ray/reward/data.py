@@ -110,7 +110,12 @@ def ray_datasets(data: str | os.PathLike, cfg: RewardModelConfig, materialize: b
     # Materialized on the driver, BEFORE the workers take their CPUs: when the workers hold every CPU
     # (2 workers x 1 CPU on 2 cores), a lazy read inside the trainer waits forever for a CPU (measured: a
     # hang in the SplitCoordinator). Workers read their shards once anyway, so nothing streams later.
-    return {name: ds.materialize() for name, ds in datasets.items()} if materialize else datasets
+    datasets = {name: ds.materialize() for name, ds in datasets.items()} if materialize else datasets
+    # Every worker reads `val` whole (not split) inside its own process. Ray Data's progress bar there
+    # is never closed (Ray Train ends the worker first), and the driver then redraws that stale bar in
+    # front of every later log line; the other datasets stream from a SplitCoordinator actor.
+    datasets["val"].context.enable_progress_bars = False
+    return datasets
 
 
 def split_pairs(data: str | os.PathLike, split: str) -> tuple[list[tuple[str, str]], list[str]]:
