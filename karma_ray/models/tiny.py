@@ -60,6 +60,7 @@ def save_tiny_llama(
     intermediate_size: Optional[int] = None,
     max_position_embeddings: int = 1024,
     seed: int = 0,
+    tie_word_embeddings: bool = False,
 ) -> Path:
     """A random-init LlamaForCausalLM + its tokenizer, saved as safetensors; returns the folder.
 
@@ -82,7 +83,7 @@ def save_tiny_llama(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,  # True: lm_head IS embed_tokens (SmolLM2, Gemma, Qwen-0.5B)
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
