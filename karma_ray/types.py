@@ -26,7 +26,7 @@ class SamplingSettings:
     """How rollout engines sample (the same meaning for vLLM and HF generate)."""
 
     max_new_tokens: int
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0: greedy (evaluation; n must be 1). PPO samples at > 0
     top_p: float = 1.0
     top_k: int = 0  # 0: off
     n: int = 1  # samples per prompt (GRPO/RLOO groups); rows are prompt-major: p0s0, p0s1, p1s0, ...

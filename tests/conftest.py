@@ -185,3 +185,10 @@ def ray_start_calls(monkeypatch):
     calls = []
     monkeypatch.setattr(karma_ray.ray_utils, "init_ray", lambda cfg: calls.append(cfg))
     return calls
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test-unit` is the lane without Ray: a unit test that asks for the cluster is a mistake."""
+    wrong = [item.nodeid for item in items if "unit" in item.path.parts and "ray_cluster" in getattr(item, "fixturenames", ())]
+    if wrong:
+        raise pytest.UsageError(f"tests/unit must not start Ray (move them to tests/integration): {wrong[:5]}")

@@ -50,3 +50,18 @@ def policy_prompt(context: str) -> str:
 
 def policy_reply(reply: str) -> str:
     return " " + reply
+
+
+def reply_from_policy(continuation: str) -> str:
+    """The inverse of `policy_reply`: a policy's decoded continuation of `policy_prompt(...)` -> the reply.
+
+    The policy writes " reply" (the separator space belongs to its continuation), so scoring the
+    decoded text as a reply would add the separator twice ("[user]  reply"): a byte-level BPE reward
+    model would then see token ids it never saw in training. Exactly one leading space is removed.
+    """
+    return continuation[1:] if continuation.startswith(" ") else continuation
+
+
+def decode_replies(tokenizer, response_ids) -> list[str]:
+    """Policy response token ids (a list per row) -> replies, as the corpus stores them."""
+    return [reply_from_policy(t) for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]

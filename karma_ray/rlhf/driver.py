@@ -39,6 +39,7 @@ from karma_ray.algo.kl import AdaptiveKLController, FixedKLController
 from karma_ray.algo.logprobs import masked_mean
 from karma_ray.algo.rewards import RunningMoments, clip_scores, eos_penalty, length_penalty, normalize_scores
 from karma_ray.config import save_resolved
+from karma_ray.data.format import decode_replies
 from karma_ray.rlhf.config import PPOConfig
 from karma_ray.rlhf.experience import make_advantage_fn
 from karma_ray.rlhf.workers.reward import combine_scores
@@ -217,7 +218,7 @@ class PPODriver:
             mask = seqs.response_mask
             seqs_ref = roles.put(seqs)
             rows = [prompts[g] for g in gens.group]
-            responses = self.tokenizer.batch_decode(gens.response_ids, skip_special_tokens=True)
+            responses = decode_replies(self.tokenizer, gens.response_ids)  # as the corpus stores replies
 
         with t("3-5_score_reference_values"):  # fan out, then one wait
             score_refs = roles.score_refs([p.context for p in rows], responses, [p.metadata for p in rows])

@@ -71,3 +71,30 @@ def test_scorer_metadata_rows_may_be_none_or_partial():
     assert rows_to_columns(None, 2) == {}
     with pytest.raises(ValueError):
         rows_to_columns([{}], 2)
+
+
+def test_policy_reply_reaches_the_reward_model_as_the_corpus_reply_did():
+    """Train/serve skew: the policy's continuation of policy_prompt(context) is " reply" (the separator
+    is its first token); the driver's decoding must hand the reward model the same token ids that
+    training on the corpus reply gave. With a byte-level BPE a doubled space is a token of its own."""
+    from karma_ray.data.format import decode_replies, policy_prompt, policy_reply
+    from karma_ray.models.tiny import train_bpe_tokenizer
+    from karma_ray.reward.inputs import rm_text
+
+    corpus = ["[title] cats\n[user] what is your cat called", "[user] Mine is Tom, and he bites.", "it is what it is"]
+    tok = train_bpe_tokenizer(corpus * 20, vocab_size=400)  # the policy's and the reward model's tokenizer
+    context, replies = "[title] cats\n[user] what is your cat called", ["Mine is Tom, and he bites.", "it is what it is"]
+    prompt_ids = tok(policy_prompt(context)).input_ids
+    generated = []  # what a policy that writes exactly the corpus reply generates, then EOS
+    for reply in replies:
+        full = tok(policy_prompt(context) + policy_reply(reply)).input_ids
+        assert full[: len(prompt_ids)] == prompt_ids  # the reply starts at a token boundary
+        generated.append(full[len(prompt_ids):] + [tok.eos_token_id])
+    served = decode_replies(tok, generated)
+    assert served == replies
+    for reply, text in zip(replies, served):
+        assert tok(rm_text(context, text, "text")).input_ids == tok(rm_text(context, reply, "text")).input_ids
+        assert tok(rm_text(context, text, "response")).input_ids == tok(rm_text(context, reply, "response")).input_ids
+    # what the driver did before: the raw decode keeps the separator, and rm_text adds another
+    raw = tok.batch_decode(generated, skip_special_tokens=True)
+    assert tok(rm_text(context, raw[0], "text")).input_ids != tok(rm_text(context, replies[0], "text")).input_ids

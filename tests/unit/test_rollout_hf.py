@@ -103,3 +103,21 @@ def test_weight_updates_full_partial_and_refused(engine, source):
     with pytest.raises(WeightSyncError, match="unknown to the rollout engine"):
         engine.update_weights(bad)
     assert engine.generate(PROMPTS, s).response_ids == again.response_ids
+
+
+def test_greedy_decoding_takes_the_argmax_and_keeps_raw_logprobs(engine, source):
+    """temperature 0 (evaluation): each token is the argmax of the policy's next-token logits, and its
+    logprob is the policy's own (not a degenerate 0 from a one-hot distribution)."""
+    prompts = [[5, 6, 7], [8, 9]]
+    gens = engine.generate(prompts, SamplingSettings(max_new_tokens=6, temperature=0.0))
+    again = engine.generate(prompts, SamplingSettings(max_new_tokens=6, temperature=0.0, seed=123))
+    assert gens.response_ids == again.response_ids  # no seed changes a greedy answer
+    model = source.model
+    for prompt, ids, logps in zip(gens.prompt_ids, gens.response_ids, gens.sampling_logprobs):
+        seq = list(prompt)
+        for tok, lp in zip(ids, logps):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([seq])).logits[0, -1]
+            assert tok == int(logits.argmax())
+            assert abs(lp - float(torch.log_softmax(logits.double(), -1)[tok])) < 1e-4 and lp < 0
+            seq.append(tok)

@@ -137,7 +137,10 @@ def test_prompt_checks():
     with pytest.raises(ValueError, match="no tokens"):
         check_prompts([[1], []], s, None)
     with pytest.raises(ValueError, match="temperature"):
-        check_prompts([[1]], SamplingSettings(max_new_tokens=1, temperature=0.0), None)
+        check_prompts([[1]], SamplingSettings(max_new_tokens=1, temperature=-0.5), None)
+    check_prompts([[1]], SamplingSettings(max_new_tokens=1, temperature=0.0), None)  # greedy (evaluation)
+    with pytest.raises(ValueError, match="greedy"):
+        check_prompts([[1]], SamplingSettings(max_new_tokens=1, temperature=0.0, n=2), None)
 
 
 def test_staging_dirs_of_dead_processes_are_cleaned(tmp_path, monkeypatch):

@@ -52,8 +52,10 @@ def check_prompts(prompt_ids: Sequence[Sequence[int]], sampling: SamplingSetting
     """Refuse requests an engine would fail on deep inside (or silently truncate)."""
     if sampling.n < 1 or sampling.max_new_tokens < 1:
         raise ValueError(f"sampling.n and max_new_tokens must be >= 1, got {sampling.n}, {sampling.max_new_tokens}")
-    if sampling.temperature <= 0:
-        raise ValueError("sampling.temperature must be > 0 (rollouts sample; greedy decoding has no sampling logprobs)")
+    if sampling.temperature < 0:
+        raise ValueError(f"sampling.temperature must be >= 0 (0: greedy), got {sampling.temperature}")
+    if sampling.temperature == 0 and sampling.n != 1:
+        raise ValueError(f"greedy decoding (temperature 0) gives one answer per prompt, got n={sampling.n}")
     for i, p in enumerate(prompt_ids):
         if len(p) == 0:
             raise ValueError(f"prompt {i} has no tokens")
@@ -154,8 +156,10 @@ class VLLMRollout:
     """A vLLM engine (`vllm.LLM`) that samples token ids and reloads weights from the policy."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, dtype: str = "float32"):
+        from karma_ray.models.packaged import resolve_model
+
         start = time.monotonic()
-        model_dir = Path(model_path)
+        model_dir = Path(resolve_model(model_path))
         if not (model_dir / "config.json").exists():
             raise FileNotFoundError(f"{model_path} is not a local model folder (config.json + safetensors)")
         self.model_path = str(model_dir)
@@ -409,11 +413,13 @@ class HFRollout:
             input_ids[i, P - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
             attention_mask[i, P - len(p) :] = 1
         # A fresh config: the checkpoint's generation_config.json must not add defaults (top_k=50 ...).
+        greedy = sampling.temperature == 0
+        # The raw-logprob recorder sees the logits before any warper, so greedy rows still carry
+        # the policy's logprob of each chosen token.
+        warpers = {} if greedy else dict(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
         config = GenerationConfig(
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
+            do_sample=not greedy,
+            **warpers,
             max_new_tokens=sampling.max_new_tokens,
             num_return_sequences=sampling.n,  # rows p0s0, p0s1, ..., like vLLM's n
             eos_token_id=self.eos_token_id,
