@@ -54,12 +54,11 @@ import pyarrow.compute as pc
 
 from karma_ray.config import PrepareConfig, save_resolved, to_dict
 from karma_ray.data import records, sources, threads
+from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 
 MANIFEST = "manifest.json"
 
 
-class OutputExistsError(FileExistsError):
-    pass
 
 
 def thread_partition(link_ids: pa.Array | pa.ChunkedArray, n_partitions: int) -> pa.Array:
@@ -477,16 +476,9 @@ def _accumulate(manifest: Manifest, groups: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare_output_dir(output: str, overwrite: bool) -> Path:
-    out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"output directory is not empty: {out} (pass --overwrite to replace it)")
-        if not (out / MANIFEST).exists() and not (out / "config.yaml").exists():
-            raise OutputExistsError(f"refusing to overwrite {out}: it does not look like a prepare output")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def prepare_output_dir(output: str, overwrite: bool, dry_run: bool = False) -> Path:
+    return claim_output(output, "prepare", overwrite=overwrite, resumable=False, dry_run=dry_run,
+                        recognizes=lambda p: (p / MANIFEST).exists() or (p / "config.yaml").exists())
 
 
 def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: bool = False) -> Manifest:
@@ -495,6 +487,8 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
     files = sources.resolve_inputs(inputs, cfg.read.format)  # errors before any cluster work
     out = prepare_output_dir(output, overwrite)
     save_resolved(cfg, out)
+    digest = config_digest(cfg, [str(f) for f in files])
+    begin_stage(out, "prepare", digest)
 
     import ray
 
@@ -568,6 +562,8 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
     if report is not None:
         summary += f"\n![prepare report]({report.name})\n"
     (out / "summary.md").write_text(summary)
+    finish_stage(out, "prepare", digest, {"records_read": manifest.records_read, "examples_written": manifest.examples_written,
+                                          "invariant_holds": manifest.invariant_holds})
     return manifest
 
 

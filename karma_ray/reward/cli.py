@@ -46,8 +46,8 @@ def train_rm_main(argv: Sequence[str]) -> int:
         with _ray_started_here_is_shut_down():
             cfg = load_config(RewardModelConfig, args.config, args.overrides)
             check_prepared(args.data, need_pairs=cfg.loss.pairwise_on and cfg.input.variant not in CONTROL_VARIANTS)
-            if not args.resume and not args.overwrite:
-                prepare_output(args.output, resume=False)  # refuse a used folder before Ray starts
+            # refuse a folder in the way before Ray starts
+            prepare_output(args.output, resume=args.resume, overwrite=args.overwrite, dry_run=True)
             metrics = run_train_rm(cfg, args.data, args.output, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, DataError, OutputExistsError) as exc:
         print(f"karma train-rm: error: {exc}", file=sys.stderr)
@@ -69,7 +69,8 @@ def sweep_rm_main(argv: Sequence[str]) -> int:
     if not args.data or not args.output:
         p.error("--data and --output are required")
     from karma_ray.reward.data import DataError, check_prepared
-    from karma_ray.reward.sweep import SweepExistsError, check_sweep_output, render_table, run_sweep
+    from karma_ray.reward.sweep import check_sweep_output, render_table, run_sweep
+    from karma_ray.stage import OutputExistsError
 
     try:
         with _ray_started_here_is_shut_down():
@@ -77,7 +78,7 @@ def sweep_rm_main(argv: Sequence[str]) -> int:
             check_prepared(args.data, need_pairs=any(x.endswith("bt") for x in cfg.search.losses))
             check_sweep_output(args.output, args.overwrite)
             table = run_sweep(cfg, args.data, args.output, overwrite=args.overwrite)
-    except (ConfigError, DataError, SweepExistsError) as exc:
+    except (ConfigError, DataError, OutputExistsError) as exc:
         print(f"karma sweep-rm: error: {exc}", file=sys.stderr)
         return 2
     print(render_table(table))

@@ -26,16 +26,13 @@ from typing import Any
 
 from karma_ray.config import save_resolved
 from karma_ray.reward.config import CONTROL_VARIANTS, LOSS_PRESETS, RewardModelConfig, SweepConfig
+from karma_ray.stage import begin_stage, claim_output, config_digest, finish_stage
 
 
-class SweepExistsError(FileExistsError):
-    """The output folder holds a previous sweep."""
-
-
-def check_sweep_output(output: str | os.PathLike, overwrite: bool) -> None:
-    if (Path(output) / "results.csv").exists() or (Path(output) / "tune").exists():
-        if not overwrite:
-            raise SweepExistsError(f"{output} holds a previous sweep; pass --overwrite to replace it")
+def check_sweep_output(output: str | os.PathLike, overwrite: bool, dry_run: bool = True) -> Path:
+    """The output policy of karma_ray.stage (a sweep does not resume: Tune restores trials itself)."""
+    return claim_output(output, "sweep-rm", overwrite=overwrite, resumable=False, dry_run=dry_run,
+                        recognizes=lambda p: (p / "results.csv").exists() or (p / "tune").exists() or (p / "config.yaml").exists())
 
 
 def trial_specs(search: Any) -> list[dict]:
@@ -124,11 +121,10 @@ def run_sweep(cfg: SweepConfig, data: str | os.PathLike, output: str | os.PathLi
     # Trials and their workers run in Tune/Train working directories: local paths must be absolute.
     cfg = replace(cfg, rm=replace(cfg.rm, model=replace(cfg.rm.model, backbone=absolute_if_local(cfg.rm.model.backbone))))
     data = Path(data).resolve()
-    out = Path(output)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_sweep_output(output, overwrite, dry_run=False)
     save_resolved(cfg, out)
+    digest = config_digest(cfg, [data])
+    begin_stage(out, "sweep-rm", digest)
     # Ray Train V2 frees the worker placement group of a trial that ASHA stops (its controller is
     # killed) through a PlacementGroupCleaner that asks the State API, which needs the dashboard.
     # Without it the stopped trial's CPUs stay reserved and the next trial waits forever (measured:
@@ -186,6 +182,7 @@ def run_sweep(cfg: SweepConfig, data: str | os.PathLike, output: str | os.PathLi
         })
     _write_csv(out / "results.csv", rows)
     _write_csv(out / "best.csv", best_rows)
+    finish_stage(out, "sweep-rm", digest, {"trials": len(rows), "best": len(best_rows)})
     return {"trials": rows, "best": best_rows}
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from karma_ray.config import save_resolved, to_dict
 from karma_ray.reward.config import CONTROL_VARIANTS, META_VARIANTS, TEXT_VARIANTS, RewardModelConfig
+from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 from karma_ray.reward.data import check_prepared, evaluate_split, fit_specs, ray_datasets, split_pairs
 from karma_ray.reward.inputs import build_inputs, rm_text
 from karma_ray.reward.model import METADATA_FILE, RewardModelMeta
@@ -43,19 +44,9 @@ OPTIMIZER_STATE = "optimizer.pt"
 KILL_MARKER = "debug_worker_killed.marker"
 
 
-class OutputExistsError(FileExistsError):
-    """The output folder holds a previous run and neither --resume nor --overwrite was given."""
-
-
-def prepare_output(output: str | os.PathLike, resume: bool, overwrite: bool = False) -> Path:
-    out = Path(output)
-    previous = out / "ray" / RUN_NAME
-    if previous.exists() and not resume:
-        if not overwrite:
-            raise OutputExistsError(f"{out} holds a previous run; pass --resume to continue it or --overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def prepare_output(output: str | os.PathLike, resume: bool, overwrite: bool = False, dry_run: bool = False) -> Path:
+    return claim_output(output, "train-rm", resume=resume, overwrite=overwrite, dry_run=dry_run,
+                        recognizes=lambda p: (p / "ray" / RUN_NAME).exists() or (p / "config.yaml").exists())
 
 
 def new_model_meta(cfg: RewardModelConfig, data: str | os.PathLike) -> RewardModelMeta:
@@ -450,6 +441,8 @@ def run_train_rm(cfg: RewardModelConfig, data: str | os.PathLike, output: str | 
     check_prepared(data, need_pairs=cfg.loss.pairwise_on and cfg.input.variant not in CONTROL_VARIANTS)
     out = prepare_output(output, resume, overwrite)
     save_resolved(cfg, out)
+    digest = config_digest(cfg, [data])
+    begin_stage(out, "train-rm", digest)
     meta = new_model_meta(cfg, data)
     init_ray(cfg.ray)
     trainer = build_trainer(cfg, data, out, meta, str((out / "ray").resolve()), RUN_NAME)
@@ -474,6 +467,7 @@ def run_train_rm(cfg: RewardModelConfig, data: str | os.PathLike, output: str | 
         "config": to_dict(cfg),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    finish_stage(out, "train-rm", digest, {"variant": cfg.input.variant, "exported_epoch": chosen.get("epoch")})
     return metrics
 
 

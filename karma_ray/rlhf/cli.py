@@ -11,10 +11,12 @@ import os
 import re
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 from karma_ray.config import ConfigError, describe, load_config
 from karma_ray.rlhf.config import PPOConfig
+from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -83,30 +85,54 @@ def ppo_main(argv: Sequence[str]) -> int:
         p.error(f"unexpected arguments {paths} (overrides look like key=value)")
     if not args.output:
         p.error("--output is required")
-    out = Path(args.output)
     try:
         cfg = load_config(PPOConfig, args.config, overrides)
-        check_paths(cfg)
-        if (out / "metrics.jsonl").exists() and not (args.resume or args.overwrite):
-            raise ConfigError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
-    except ConfigError as exc:
+        check_ppo(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
+    except (ConfigError, OutputExistsError) as exc:
         print(f"karma ppo: error: {exc}", file=sys.stderr)
         return 2
-    if args.overwrite and out.exists():
-        import shutil
+    result = run_ppo(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
+    print(f"[karma ppo] done: {result.iterations} iterations this run; policy -> {result.policy_dir}; metrics -> {result.metrics_path}")
+    if result.last:
+        print(f"[karma ppo] last: reward_mean={result.last['reward_mean']:.4f} kl={result.last['kl']:.4f}")
+    return 0
 
-        shutil.rmtree(out)
 
+@dataclass(frozen=True)
+class PPOResult:
+    """What `run_ppo` wrote and its headline numbers."""
+
+    output: Path
+    policy_dir: Path  # the final policy as an HF folder, with lineage
+    metrics_path: Path  # metrics.jsonl, one line per iteration
+    iterations: int  # iterations run by this call (a resumed run counts only its own)
+    last: dict  # the last iteration's metrics (empty when none ran)
+
+
+def _is_ppo_output(folder: Path) -> bool:
+    return (folder / "metrics.jsonl").exists() or (folder / "config.yaml").exists()
+
+
+def check_ppo(cfg: PPOConfig, output: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> None:
+    """Every check that needs no cluster: model and reward paths, prompts, the output folder."""
+    check_paths(cfg)
+    claim_output(output, "ppo", resume=resume, overwrite=overwrite, recognizes=_is_ppo_output, dry_run=True)
+
+
+def run_ppo(cfg: PPOConfig, output: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> PPOResult:
+    """The PPO stage: claim the folder, run the driver to the configured iterations, export the policy."""
     from karma_ray.rlhf.driver import PPODriver
 
-    driver = PPODriver(cfg, out, resume=args.resume)
+    check_ppo(cfg, output, resume=resume, overwrite=overwrite)
+    out = claim_output(output, "ppo", resume=resume, overwrite=overwrite, recognizes=_is_ppo_output)
+    digest = config_digest(cfg)
+    begin_stage(out, "ppo", digest)
+    driver = PPODriver(cfg, out, resume=resume)
     try:
         history = driver.fit()
         final = driver.export_policy()
     finally:
         driver.shutdown()
-    last = history[-1] if history else {}
-    print(f"[karma ppo] done: {len(history)} iterations this run; policy -> {final}; metrics -> {out / 'metrics.jsonl'}")
-    if last:
-        print(f"[karma ppo] last: reward_mean={last['reward_mean']:.4f} kl={last['kl']:.4f}")
-    return 0
+    last = dict(history[-1]) if history else {}
+    finish_stage(out, "ppo", digest, {k: last[k] for k in ("reward_mean", "kl") if k in last})
+    return PPOResult(out, Path(final), out / "metrics.jsonl", len(history), last)

@@ -20,9 +20,10 @@ def sft_main(argv: Sequence[str]) -> int:
     )
     p.add_argument("items", nargs="*", help="key=value config overrides (e.g. train.max_steps=100)")
     p.add_argument("--data", "-d", help="a `karma prepare` output folder")
-    p.add_argument("--output", "-o", help="run folder (must be empty unless --resume)")
+    p.add_argument("--output", "-o", help="run folder (must be empty unless --resume or --overwrite)")
     p.add_argument("--config", "-c", help="YAML config (see configs/sft/)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --output (only a folder an earlier run wrote)")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
     args = p.parse_intermixed_args(argv)
     if args.help_config:
@@ -41,7 +42,7 @@ def sft_main(argv: Sequence[str]) -> int:
     try:
         cfg = load_config(SFTConfig, args.config, overrides)
         # run_sft checks the output folder, manifest, model folder, splits and step count before Ray starts
-        result = run_sft(args.data, args.output, cfg, resume=args.resume)
+        result = run_sft(args.data, args.output, cfg, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, SFTDataError, LineageError, OutputExistsError) as exc:
         print(f"karma sft: error: {exc}", file=sys.stderr)
         return 2

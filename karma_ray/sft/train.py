@@ -33,6 +33,7 @@ import torch
 from karma_ray.config import save_resolved, to_dict
 from karma_ray.sft import lineage as lin
 from karma_ray.sft.config import SFTConfig
+from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 from karma_ray.sft.data import ROW_COLUMNS, SFTBatch, SFTDataError, keep_rows, make_batch, reply_nll, split_dirs, training_set, validation_rows
 
 MODEL_DIR = "model"  # inside a checkpoint and inside the run folder: a plain Hugging Face folder
@@ -42,8 +43,6 @@ DEEPSPEED_DIR = "deepspeed"
 RUN_NAME = "sft"
 
 
-class OutputExistsError(FileExistsError):
-    """The output folder already holds a run (pass --resume to continue it)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,19 +420,26 @@ class SFTResult:
     val_loss_after: Optional[float]
 
 
-def check_output(output: str | os.PathLike, resume: bool) -> Path:
+def check_output(output: str | os.PathLike, resume: bool, overwrite: bool = False, dry_run: bool = True) -> Path:
+    """The output policy of karma_ray.stage; --resume needs a run to resume."""
     out = Path(output)
     run = out / "ray" / RUN_NAME
-    if resume:
-        if not run.is_dir():
-            raise OutputExistsError(f"--resume: no run to resume in {out} (expected {run})")
-    elif out.exists() and any(out.iterdir()):
-        raise OutputExistsError(f"{out} is not empty; pass --resume to continue the run in it, or choose a new --output")
-    return out
+    if resume and not run.is_dir():
+        raise OutputExistsError(f"--resume: no run to resume in {out} (expected {run})")
+    return claim_output(out, "sft", resume=resume, overwrite=overwrite, dry_run=dry_run,
+                        recognizes=lambda p: run.exists() or (p / "config.yaml").exists())
 
 
 def check_model(path: str) -> None:
     """A local model folder must hold config.json; a name that is not a folder must read as a hub id."""
+    from karma_ray.models.packaged import PackagedModelError, check_resolvable, is_packaged
+
+    if is_packaged(path):
+        try:
+            check_resolvable(path, "model.path")
+        except PackagedModelError as err:
+            raise SFTDataError(str(err)) from None
+        return
     p = Path(path).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():
@@ -453,7 +459,7 @@ def check_cluster_cpus(cfg: SFTConfig, cluster_cpus: float) -> None:
         )
 
 
-def run_sft(prepared_dir: str | os.PathLike, output: str | os.PathLike, cfg: SFTConfig, resume: bool = False) -> SFTResult:
+def run_sft(prepared_dir: str | os.PathLike, output: str | os.PathLike, cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> SFTResult:
     """Check inputs, train on Ray, export DIR/model + metrics.json + lineage.json. Everything that can
     fail on bad input fails before Ray starts."""
     from karma_ray.models.hf import absolute_if_local
@@ -461,15 +467,17 @@ def run_sft(prepared_dir: str | os.PathLike, output: str | os.PathLike, cfg: SFT
     # Workers run in Ray Train's own working directory: make local paths absolute first.
     cfg = replace(cfg, model=replace(cfg.model, path=absolute_if_local(cfg.model.path), tokenizer=absolute_if_local(cfg.model.tokenizer)))
     prepared_dir = Path(prepared_dir).resolve()
-    out = check_output(output, resume)
+    out = check_output(output, resume, overwrite)
     lin.manifest_file(prepared_dir)
     check_model(cfg.model.path)
     train_dirs = split_dirs(prepared_dir, cfg.data.splits)
     train_set = training_set(prepared_dir, cfg.data)
     val_contexts, val_replies = validation_rows(prepared_dir, cfg.data, cfg.scaling.num_workers)
     total = total_steps(cfg, len(train_set.ids))
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, resume, overwrite, dry_run=False)
     save_resolved(cfg, out)
+    digest = config_digest(cfg, [prepared_dir])
+    begin_stage(out, "sft", digest)
     print(f"[sft] {len(train_set.ids):,} training examples from splits {list(cfg.data.splits)}; {total} optimizer steps; "
           f"{len(val_contexts)} validation examples", flush=True)
 
@@ -506,7 +514,10 @@ def run_sft(prepared_dir: str | os.PathLike, output: str | os.PathLike, cfg: SFT
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("SFT finished without a checkpoint")
-    return export(result.checkpoint, out, prepared_dir, cfg, train_set.ids)
+    exported = export(result.checkpoint, out, prepared_dir, cfg, train_set.ids)
+    finish_stage(out, "sft", digest, {"steps": exported.steps, "val_loss_before": exported.val_loss_before,
+                                      "val_loss_after": exported.val_loss_after})
+    return exported
 
 
 def export(checkpoint, out: Path, prepared_dir: str | os.PathLike, cfg: SFTConfig, ids: list[str]) -> SFTResult:

@@ -38,7 +38,7 @@ def test_bad_input_exits_2_with_a_message_and_no_ray(prepared, tmp_path, capsys,
         "no training example passes": [*base, "--output", str(tmp_path / "o5"), "data.min_score=100"],
         "too few for one optimizer step": [*base, "--output", str(tmp_path / "o6"), "train.grad_accum=2"],
         "no run to resume": [*base, "--output", str(tmp_path / "o7"), "--resume"],
-        "is not empty": [*base, "--output", str(data)],
+        "already holds files": [*base, "--output", str(data)],
     }
     for message, args in cases.items():
         code, err = run(args, capsys)
