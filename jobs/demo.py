@@ -85,17 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     print("      test: " + ", ".join(f"{k}={v:.3f}" for k, v in rm_metrics["test"].items() if isinstance(v, (int, float))))
 
     print(f"[5/6] ppo on Ray actors (DeepSpeed + vLLM) -> {out / 'ppo'}", flush=True)
-    import shutil
+    from karma_ray.rlhf.cli import run_ppo
 
-    from karma_ray.rlhf.driver import PPODriver
-
-    shutil.rmtree(out / "ppo", ignore_errors=True)
-    driver = PPODriver(ppo_cfg, out / "ppo")
-    try:
-        history = driver.fit()
-        driver.export_policy()
-    finally:
-        driver.shutdown()
+    ppo = run_ppo(ppo_cfg, out / "ppo", overwrite=True)
+    history = [json.loads(line) for line in ppo.metrics_path.read_text().splitlines() if line.strip()]
     first, last = history[0], history[-1]
     print(f"      reward_mean {first['reward_mean']:.4f} -> {last['reward_mean']:.4f}, kl {last['kl']:.3f}, "
           f"{last['time/iteration']:.1f} s/iteration; curves: {out / 'ppo' / 'curves.png'}")
