@@ -71,4 +71,5 @@ def test_a_killed_worker_is_recovered_from_the_last_checkpoint(ray_cluster, prep
     assert summary["epochs_run"] == 3 and summary["resumed_from_epoch"] in (1, 2)  # restarted from a checkpoint
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
     assert summary["history"][-1]["global_step"] == 30  # no step lost or repeated in the record
-    assert metrics["test"]["spearman"] is not None
+    # the planted context x reply signal survives the kill and resume (a random model scores ~0)
+    assert metrics["test"]["spearman"] > 0.05

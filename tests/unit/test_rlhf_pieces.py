@@ -1,5 +1,6 @@
 """Pure pieces of the PPO stage: config rules, placement plans, prompt order, rules, advantages."""
 
+import time
 import json
 import random
 
@@ -116,7 +117,7 @@ def test_rules_and_reward_combination():
         make_rule("rule:nope")
     w = RewardWorker("rule:char_fraction:e")
     scores, seconds = w.score(["c", "c"], ["ee", "ab"])
-    assert scores.tolist() == [1.0, 0.0] and seconds >= 0
+    assert scores.tolist() == [1.0, 0.0]
     total = combine_scores([torch.tensor([1.0, 2.0]), torch.tensor([10.0, 0.0])], [0.5, -1.0])
     assert total.tolist() == [-9.5, 1.0]
 
@@ -179,7 +180,7 @@ def test_driver_state_roundtrip_and_checkpoint_discovery(tmp_path):
     assert sampling_seed(0, 3) != sampling_seed(0, 4) and sampling_seed(1, 3) == sampling_seed(1, 3)
     t = PhaseTimer()
     with t("a"):
-        pass
+        time.sleep(0.02)
     with t("a"):
-        pass
-    assert list(t.seconds) == ["a"] and t.seconds["a"] >= 0
+        time.sleep(0.02)
+    assert list(t.seconds) == ["a"] and t.seconds["a"] >= 0.04  # the two spans add up
