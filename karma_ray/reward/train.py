@@ -8,8 +8,10 @@ one over (a rerun with `--resume`, or a restart after a worker died: FailureConf
 the examples (and sibling pairs) once through Ray Data into memory, then per epoch: shuffled steps
 (regression rows and pairs of a step go through ONE forward pass, so DDP sees one forward per
 backward), val scored by all workers (each its share, gathered), one `ray.train.report` with a
-checkpoint from rank 0. A checkpoint folder is an exported reward-model folder (scorer-loadable) plus
-trainer_state.json and optimizer.pt.
+checkpoint from rank 0 (from every rank under DeepSpeed). A checkpoint folder is an exported
+reward-model folder (scorer-loadable) plus trainer_state.json and the optimizer: optimizer.pt (plain
+torch) or deepspeed/ (DeepSpeed's own checkpoint: each rank's ZeRO partition of the Adam moments and
+the LR schedule), so a resumed run continues the optimizer, not just the weights.
 
 Output folder: config.yaml (resolved config), model/ (the exported model), metrics.json
 ({"val": {...}, "test": {...}}), train_summary.json (per-epoch history, chosen epoch, throughput),
@@ -41,6 +43,7 @@ from karma_ray.reward.model import METADATA_FILE, RewardModelMeta
 RUN_NAME = "train_rm"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
+DS_TAG = "deepspeed"  # the DeepSpeed checkpoint's sub-folder (module, ZeRO optimizer partitions, LR schedule)
 KILL_MARKER = "debug_worker_killed.marker"
 
 
@@ -240,8 +243,15 @@ def train_loop_per_worker(config: dict) -> None:
             engine, optimizer, _, scheduler = deepspeed.initialize(
                 model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
             )
-            if scheduler_state is not None:
-                scheduler.load_state_dict(scheduler_state)  # ZeRO partitions optimizer state: moments restart
+            if checkpoint is not None:
+                # Module, this rank's ZeRO partition of the Adam moments, and the LR schedule: a resumed
+                # run takes the same steps an uninterrupted one would have.
+                with checkpoint.as_directory() as d:
+                    if not (Path(d) / DS_TAG).is_dir():
+                        raise RuntimeError(f"checkpoint {d} has no DeepSpeed state ({DS_TAG}/): was it written without deepspeed.enabled?")
+                    loaded, _ = engine.load_checkpoint(d, tag=DS_TAG)
+                    if loaded is None:
+                        raise RuntimeError(f"DeepSpeed could not load {Path(d) / DS_TAG}")
         else:
             if optimizer_state is not None:
                 optimizer.load_state_dict(optimizer_state)
@@ -342,6 +352,10 @@ def train_loop_per_worker(config: dict) -> None:
             )
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
+            if cfg.deepspeed.enabled and engine is not None:
+                # Every rank writes its ZeRO partition (a collective); Ray Train merges the ranks' folders.
+                engine.save_checkpoint(tmp, tag=DS_TAG)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
             if rank == 0:
                 epoch_meta = replace(meta, extra={"epoch": epoch + 1, "global_step": global_step, "val": val})
                 save_reward_model(tmp, unwrapped, tokenizer, epoch_meta)
