@@ -30,7 +30,7 @@ def test_sweep_runs_four_trials_and_exports_the_best_per_variant(ray_cluster, pr
     with (out / "best.csv").open() as fh:
         best = {row["variant"]: row for row in csv.DictReader(fh)}
     assert set(best) == {"response", "meta", "constant", "random"}
-    # metadata carries the planted delay effect: 0.09-0.12 measured; two runs of one config differ
+    # metadata carries the planted delay effect: 0.0915 in one fresh-clone run, above 0.1 in others; runs differ
     # (the order of Ray Data's shards is not fixed), and response/random score ~0
     assert float(best["meta"]["test_spearman"]) > 0.05
     assert best["constant"]["test_spearman"] == ""  # undefined for a constant score
