@@ -59,8 +59,6 @@ from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config
 MANIFEST = "manifest.json"
 
 
-
-
 def thread_partition(link_ids: pa.Array | pa.ChunkedArray, n_partitions: int) -> pa.Array:
     """Partition index in [0, n_partitions) of every row: crc32 of its link_id (stable across processes,
     unlike Python's salted hash()), computed once per distinct thread of the chunk."""
@@ -476,8 +474,8 @@ def _accumulate(manifest: Manifest, groups: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare_output_dir(output: str, overwrite: bool, dry_run: bool = False) -> Path:
-    return claim_output(output, "prepare", overwrite=overwrite, resumable=False, dry_run=dry_run,
+def prepare_output_dir(output: str, overwrite: bool) -> Path:
+    return claim_output(output, "prepare", overwrite=overwrite, resumable=False,
                         recognizes=lambda p: (p / MANIFEST).exists() or (p / "config.yaml").exists())
 
 

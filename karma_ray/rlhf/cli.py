@@ -10,8 +10,8 @@ import argparse
 import os
 import re
 import sys
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from karma_ray.config import ConfigError, describe, load_config
@@ -87,11 +87,11 @@ def ppo_main(argv: Sequence[str]) -> int:
         p.error("--output is required")
     try:
         cfg = load_config(PPOConfig, args.config, overrides)
-        check_ppo(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
+        # run_ppo checks paths, prompts and the output folder before any Ray work
+        result = run_ppo(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, OutputExistsError) as exc:
         print(f"karma ppo: error: {exc}", file=sys.stderr)
         return 2
-    result = run_ppo(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
     print(f"[karma ppo] done: {result.iterations} iterations this run; policy -> {result.policy_dir}; metrics -> {result.metrics_path}")
     if result.last:
         print(f"[karma ppo] last: reward_mean={result.last['reward_mean']:.4f} kl={result.last['kl']:.4f}")
@@ -113,18 +113,12 @@ def _is_ppo_output(folder: Path) -> bool:
     return (folder / "metrics.jsonl").exists() or (folder / "config.yaml").exists()
 
 
-def check_ppo(cfg: PPOConfig, output: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> None:
-    """Every check that needs no cluster: model and reward paths, prompts, the output folder."""
-    check_paths(cfg)
-    claim_output(output, "ppo", resume=resume, overwrite=overwrite, recognizes=_is_ppo_output, dry_run=True)
-
-
 def run_ppo(cfg: PPOConfig, output: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> PPOResult:
     """The PPO stage: claim the folder, run the driver to the configured iterations, export the policy."""
-    from karma_ray.rlhf.driver import PPODriver
-
-    check_ppo(cfg, output, resume=resume, overwrite=overwrite)
+    check_paths(cfg)  # before the claim: a bad config must not cost an --overwrite its folder
     out = claim_output(output, "ppo", resume=resume, overwrite=overwrite, recognizes=_is_ppo_output)
+    from karma_ray.rlhf.driver import PPODriver  # imports Ray: only once the checks have passed
+
     digest = config_digest(cfg)
     begin_stage(out, "ppo", digest)
     driver = PPODriver(cfg, out, resume=resume)

@@ -33,16 +33,14 @@ import torch
 from karma_ray.config import save_resolved, to_dict
 from karma_ray.sft import lineage as lin
 from karma_ray.sft.config import SFTConfig
-from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 from karma_ray.sft.data import ROW_COLUMNS, SFTBatch, SFTDataError, keep_rows, make_batch, reply_nll, split_dirs, training_set, validation_rows
+from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 
 MODEL_DIR = "model"  # inside a checkpoint and inside the run folder: a plain Hugging Face folder
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
 DEEPSPEED_DIR = "deepspeed"
 RUN_NAME = "sft"
-
-
 
 
 # ---------------------------------------------------------------------------------------------

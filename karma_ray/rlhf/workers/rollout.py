@@ -123,33 +123,29 @@ def check_cpu_head_dim(hf_config) -> None:
         )
 
 
-def retie_output_embeddings(worker) -> int:
-    """Run on each vLLM worker after a reload: point a tied lm_head at the reloaded input embedding
-    again and rebuild its kernel; returns how many heads were retied (0: no lm_head/embed_tokens pair found).
-
-    vLLM's in-place reload processes each layer once all of ITS checkpoint tensors are loaded. A tied
-    lm_head has none (the checkpoint stores only `model.embed_tokens.weight`), so it was never
-    reprocessed: on CPU it kept the oneDNN handle packed from the first weights and sampled from a
-    stale output layer (the logprob gap grew with every PPO update on SmolLM2).
-    """
-    model = worker.model_runner.get_model()
-    lm_head = getattr(model, "lm_head", None)
-    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-    if lm_head is None or embed is None:
-        return 0
-    lm_head.weight = embed.weight
-    method = getattr(lm_head, "quant_method", None)
-    if method is not None and hasattr(method, "process_weights_after_loading"):
-        method.process_weights_after_loading(lm_head)
-    return 1
-
-
 class VLLMWorkerExtension:
     """Methods vLLM adds to each of its workers (`worker_extension_cls`), called by name through
     `collective_rpc` (a function would have to be pickled across vLLM's IPC, which it refuses)."""
 
     def retie_output_embeddings(self) -> int:
-        return retie_output_embeddings(self)
+        """After a reload: point a tied lm_head at the reloaded input embedding again and rebuild its
+        kernel; returns how many heads were retied (0: no lm_head/embed_tokens pair found).
+
+        vLLM's in-place reload processes each layer once all of ITS checkpoint tensors are loaded. A
+        tied lm_head has none (the checkpoint stores only `model.embed_tokens.weight`), so it was never
+        reprocessed: on CPU it kept the oneDNN handle packed from the first weights and sampled from a
+        stale output layer (the logprob gap grew with every PPO update on SmolLM2).
+        """
+        model = self.model_runner.get_model()
+        lm_head = getattr(model, "lm_head", None)
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if lm_head is None or embed is None:
+            return 0
+        lm_head.weight = embed.weight
+        method = getattr(lm_head, "quant_method", None)
+        if method is not None and hasattr(method, "process_weights_after_loading"):
+            method.process_weights_after_loading(lm_head)
+        return 1
 
 
 class VLLMRollout:
@@ -213,9 +209,9 @@ class VLLMRollout:
         # The engine's current checkpoint (name -> file, shape): what update_weights validates against
         # and carries over from on a partial update.
         self._index = checkpoint_tensor_index(self.model_path)
-        tied = self._tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+        self._tied = bool(getattr(hf_config, "tie_word_embeddings", False))
         # A tied model's checkpoint has no lm_head.weight, but the policy's state_dict does.
-        self._ignorable = {"lm_head.weight"} if tied and "lm_head.weight" not in self._index else set()
+        self._ignorable = {"lm_head.weight"} if self._tied and "lm_head.weight" not in self._index else set()
         # Staged checkpoints live in the temp dir (the page cache absorbs the writes); the latest
         # one stays until the next sync, as the source of the names a partial update leaves out.
         self._stage_parent = make_staging_dir()
