@@ -128,7 +128,7 @@ def run_pipeline_subprocess(corpus: Path, out: Path, overrides: list[str], sampl
         "import json,sys,time;from karma_ray.config import PrepareConfig,load_config;"
         "from karma_ray.data.prepare import run_prepare;"
         f"cfg=load_config(PrepareConfig,None,{overrides!r});t=time.perf_counter();"
-        f"m=run_prepare([{str(corpus)!r}],{str(out)!r},cfg,overwrite=True);"
+        f"m=run_prepare(cfg, {str(out)!r}, inputs=[{str(corpus)!r}], overwrite=True).manifest;"
         "print('RESULT'+json.dumps({'wall':time.perf_counter()-t,'timings':m.timings,'records':m.records_read+m.submissions_read,"
         "'examples':m.examples_written,'invariant':m.invariant_holds}))"
     )

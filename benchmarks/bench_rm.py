@@ -38,7 +38,7 @@ def prepare_corpus(workdir: Path, comments: int) -> Path:
     if not (out / "manifest.json").exists():
         write_synthetic_corpus(workdir / "corpus", comments, seed=0)
         cfg = load_config(PrepareConfig, Path(__file__).resolve().parent.parent / "configs/data/synthetic.yaml")
-        run_prepare([str(workdir / "corpus")], str(out), cfg, overwrite=True)
+        run_prepare(cfg, str(out), inputs=[str(workdir / "corpus")], overwrite=True)
         import ray
 
         ray.shutdown()
@@ -99,7 +99,7 @@ def karma_samples_per_s(backbone: str, data: Path, workdir: Path, workers: int, 
                         f"train.threads_per_worker={max(1, cpus // workers)}", "train.select_checkpoint=last"]
     cfg = load_config(RewardModelConfig, None, overrides)
     start = time.perf_counter()
-    run_train_rm(cfg, data, workdir / f"karma_w{workers}", overwrite=True)
+    run_train_rm(cfg, workdir / f"karma_w{workers}", data=data, overwrite=True)
     wall = time.perf_counter() - start
     summary = json.loads((workdir / f"karma_w{workers}" / "train_summary.json").read_text())
     loop = summary["history"][-1]["train_samples_per_s"]

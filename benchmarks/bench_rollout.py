@@ -56,7 +56,7 @@ def build_model(size: str, out_dir: Path) -> tuple[Path, str]:
 def count_parameters(model_dir: Path) -> int:
     import math
 
-    from karma_ray.rlhf.weight_sync import checkpoint_tensor_index
+    from karma_ray.engines.weight_sync import checkpoint_tensor_index
 
     return sum(math.prod(shape) for _, shape in checkpoint_tensor_index(model_dir).values())
 
@@ -73,7 +73,7 @@ def random_prompts(batch: int, prompt_len: int, vocab: int, eos: int, seed: int)
 def checkpoint_buckets(model_dir: Path, bucket_mib: int) -> list[dict]:
     from safetensors.torch import load_file
 
-    from karma_ray.rlhf.weight_sync import MIB, iter_buckets
+    from karma_ray.engines.weight_sync import MIB, iter_buckets
 
     state = {}
     for f in sorted(model_dir.glob("*.safetensors")):
@@ -82,7 +82,7 @@ def checkpoint_buckets(model_dir: Path, bucket_mib: int) -> list[dict]:
 
 
 def _run_engine(engine_name: str, model_dir: Path, prompts, sampling, cfg, buckets, seed: int) -> dict:
-    from karma_ray.rlhf.workers.rollout import HFRollout, VLLMRollout
+    from karma_ray.engines.rollout import HFRollout, VLLMRollout
     from karma_ray.types import SamplingSettings
 
     start = time.monotonic()
@@ -107,7 +107,7 @@ def _run_engine(engine_name: str, model_dir: Path, prompts, sampling, cfg, bucke
         "finished": sum(gens.finished),
         "tokens_per_s": round(tokens / gen_s, 3),
         "sync_s": round(sync_s, 3),
-        "sync_mib": round(sync["bytes"] / 2**20, 1),
+        "sync_mib": round(sync.bytes / 2**20, 1),
     }
 
 
@@ -124,7 +124,7 @@ def measure_generation(
     """Tokens/s of each engine on `batch` random prompts (one timed `generate` each, same process,
     same CPUs), the weight-sync time, and `ratio` = vLLM / HF tokens/s when both ran."""
     from karma_ray.models.hf import load_tokenizer
-    from karma_ray.rlhf.config import RolloutConfig
+    from karma_ray.engines.config import RolloutConfig
     from karma_ray.types import SamplingSettings
 
     model_dir = Path(model_dir)

@@ -35,7 +35,9 @@ def build_models(prepared: Path, out: Path) -> tuple[Path, Path]:
     from karma_ray.models.tiny import save_tiny_bert, save_tiny_llama, train_bpe_tokenizer
 
     texts = []
-    for f in sorted((prepared / "examples" / "split=train").glob("*.parquet")):
+    from karma_ray.data.corpus import PreparedCorpus
+
+    for f in PreparedCorpus.open(prepared, splits=("train",)).example_files("train"):
         t = pq.read_table(f, columns=["context", "reply"])
         texts += t.column("context").to_pylist()[:4000] + t.column("reply").to_pylist()[:4000]
     tok = train_bpe_tokenizer(texts, vocab_size=2048)
@@ -72,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     truth = write_synthetic_corpus(out / "corpus", args.comments, seed=args.seed)
 
     print(f"[2/6] prepare on Ray Data -> {out / 'prepared'}", flush=True)
-    manifest = run_prepare([str(out / "corpus")], str(out / "prepared"), data_cfg, overwrite=True)
-    print(render_summary(manifest, out / "prepared"))
+    prepared = run_prepare(data_cfg, out / "prepared", inputs=[str(out / "corpus")], overwrite=True)
+    manifest = prepared.manifest
+    print(render_summary(manifest, prepared.output))
 
     print(f"[3/6] models: corpus tokenizer, tiny Llama policy, tiny BERT backbone -> {out / 'models'}", flush=True)
     build_models(out / "prepared", out / "models")
@@ -81,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[4/6] train-rm (variant=text) on Ray Train -> {out / 'rm' / 'text'}", flush=True)
     from karma_ray.reward.train import run_train_rm
 
-    rm_metrics = run_train_rm(rm_cfg, out / "prepared", out / "rm" / "text", overwrite=True)
-    print("      test: " + ", ".join(f"{k}={v:.3f}" for k, v in rm_metrics["test"].items() if isinstance(v, (int, float))))
+    rm = run_train_rm(rm_cfg, out / "rm" / "text", data=prepared.output, overwrite=True)
+    print(f"      test: {rm.test.headline()}")
 
     print(f"[5/6] ppo on Ray actors (DeepSpeed + vLLM) -> {out / 'ppo'}", flush=True)
     from karma_ray.rlhf.cli import run_ppo
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "malformed == planted malformed lines": manifest.records_malformed == truth.malformed_lines,
         "examples == planted clean comments": manifest.examples_written == truth.clean_comments,
         "invariant read = malformed + dropped + examples": manifest.invariant_holds,
-        "text RM: positive test Spearman on the planted signal": rm_metrics["test"]["spearman"] > 0,
+        "text RM: positive test Spearman on the planted signal": (rm.test.spearman or 0.0) > 0,
         "ppo: every iteration ran": [m["step"] for m in history] == list(range(1, ppo_cfg.run.iterations + 1)),
         "ppo: vLLM samples from the synced policy (max |logprob diff| < 1e-3)": max(m["rollout_logprob_max_abs_diff"] for m in history) < 1e-3,
     }

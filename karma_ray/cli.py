@@ -47,21 +47,19 @@ def _cmd_prepare(argv: Sequence[str]) -> int:
     inputs, overrides = split_overrides(args.items)
     if not args.output:
         p.error("--output is required")
-    from karma_ray.data.prepare import OutputExistsError, run_prepare
-    from karma_ray.data.sources import InputError, resolve_inputs
+    from karma_ray.data.prepare import render_summary, run_prepare
+    from karma_ray.data.sources import InputError
+    from karma_ray.stage import OutputExistsError
 
     try:
         cfg = load_config(PrepareConfig, args.config, overrides)
-        resolve_inputs(inputs, cfg.read.format)  # fail on a bad path before Ray starts
-        manifest = run_prepare(inputs, args.output, cfg, overwrite=args.overwrite)
+        # run_prepare checks the inputs and the output folder before Ray starts
+        prepared = run_prepare(cfg, args.output, inputs=inputs, overwrite=args.overwrite)
     except (ConfigError, InputError, OutputExistsError) as exc:
         print(f"karma prepare: error: {exc}", file=sys.stderr)
         return 2
-    from karma_ray.data.prepare import render_summary
-    from pathlib import Path
-
-    print(render_summary(manifest, Path(args.output)))
-    return 0 if manifest.invariant_holds else 1
+    print(render_summary(prepared.manifest, prepared.output))
+    return 0 if prepared.manifest.invariant_holds else 1
 
 
 def _cmd_synth(argv: Sequence[str]) -> int:

@@ -161,3 +161,64 @@ __all__ = [
     "response_logprobs",
     "Experience",
 ]
+
+
+# ------------------------------------------------------------------------------------------------
+# What a training role and a weight sync report back (typed: they cross actor boundaries)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """One role's update over the whole group: the same on every rank (all-reduced)."""
+
+    grad_norm: float  # mean over optimizer steps (before clipping)
+    lr: float
+    steps: int  # optimizer steps (epochs x minibatches)
+    train_tokens: float  # real tokens forwarded, all ranks and epochs
+    train_s: float  # the slowest rank's seconds
+    train_tflops: Optional[float] = None  # model TFLOP/s per worker (None: no FLOP model)
+    mfu: Optional[float] = None  # only where the device's peak is known
+
+
+@dataclass(frozen=True)
+class PolicyStats:
+    """`PolicyWorker.train_step`: step averages of the loss terms, and the update."""
+
+    policy_loss: float  # the clipped surrogate
+    clip_frac: float
+    approx_kl: float  # rollout policy vs current
+    entropy: float
+    loss: float  # the total that was minimized
+    update: UpdateStats
+    kl_loss: Optional[float] = None  # only with algo.kl_placement == "loss"
+
+
+@dataclass(frozen=True)
+class CriticStats:
+    """`CriticWorker.train_step`: step averages of the value loss, and the update."""
+
+    value_loss: float
+    value_clip_frac: float
+    values: float  # mean predicted value
+    update: UpdateStats
+
+
+@dataclass(frozen=True)
+class EngineUpdate:
+    """One rollout engine's `update_weights` report."""
+
+    engine: str  # "vllm" | "hf"
+    version: int  # weight version after this update (1 = first sync)
+    buckets: int
+    tensors: int  # tensors loaded
+    carried: int  # tensors kept from the previous version (a partial update)
+    ignored: int  # tensors the engine has no use for (e.g. a tied lm_head)
+    bytes: int
+    total_s: float
+    stage_s: Optional[float] = None  # vLLM: writing the staged checkpoint
+    reload_s: Optional[float] = None  # vLLM: its in-place reload
+
+    @property
+    def partial(self) -> bool:
+        return self.carried > 0

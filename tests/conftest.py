@@ -49,7 +49,7 @@ def prepared_synthetic(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("prepared_synthetic")
     write_synthetic_corpus(root / "corpus", 6000, seed=3)
     cfg = load_config(PrepareConfig, REPO / "configs" / "data" / "synthetic.yaml", ["ray.num_cpus=null", "ray.object_store_memory_gb=null"])
-    run_prepare([str(root / "corpus")], str(root / "prepared"), cfg, overwrite=True)
+    run_prepare(cfg, str(root / "prepared"), inputs=[str(root / "corpus")], overwrite=True)
     return root / "prepared"
 
 
@@ -108,7 +108,8 @@ def workers_plain_ppo_update():
 
     from karma_ray.algo import entropy_bonus, entropy_from_logits, kl_loss, ppo_policy_loss
     from karma_ray.models.hf import load_causal_lm
-    from karma_ray.rlhf.workers.distributed import disable_dropout, optimizer_param_groups
+    from karma_ray.engines.forward import disable_dropout
+    from karma_ray.rlhf.workers.distributed import optimizer_param_groups
     from karma_ray.types import response_logprobs
 
     def update(model_dir, experience, trainer, algo, seed=0):

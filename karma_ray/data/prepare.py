@@ -46,7 +46,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -54,9 +54,10 @@ import pyarrow.compute as pc
 
 from karma_ray.config import PrepareConfig, save_resolved, to_dict
 from karma_ray.data import records, sources, threads
-from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
+from karma_ray.data.corpus import MANIFEST_FILE, PreparedCorpus
+from karma_ray.stage import begin_stage, claim_output, config_digest, finish_stage
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_FILE
 
 
 def thread_partition(link_ids: pa.Array | pa.ChunkedArray, n_partitions: int) -> pa.Array:
@@ -332,8 +333,8 @@ def build_and_stage(block: pa.Table, cfg: PrepareConfig, output: str) -> pa.Tabl
             for split, rows in built.examples.items():
                 files.add(out / STAGING / "example" / f"split={split}", rows)
             for split, rows in built.pairs.items():
-                files.add(out / "pairs" / f"split={split}", rows)
-            files.add(out / "ledger", built.ledger)
+                files.add(PreparedCorpus(out).pairs_dir(split), rows)
+            files.add(PreparedCorpus(out).ledger_dir, built.ledger)
         written = files.close()
     return pa.table({
         "path": pa.array([w["path"] for w in written], pa.string()),
@@ -474,13 +475,25 @@ def _accumulate(manifest: Manifest, groups: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare_output_dir(output: str, overwrite: bool) -> Path:
+def prepare_output_dir(output: str | os.PathLike, overwrite: bool) -> Path:
     return claim_output(output, "prepare", overwrite=overwrite, resumable=False,
                         recognizes=lambda p: (p / MANIFEST).exists() or (p / "config.yaml").exists())
 
 
-def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: bool = False) -> Manifest:
-    """Validate inputs, run the pipeline, write outputs and manifest.json; returns the manifest."""
+@dataclass(frozen=True)
+class PrepareResult:
+    corpus: PreparedCorpus  # the layout readers open
+    manifest: Manifest  # every count (read = malformed + dropped + examples)
+    summary_path: Path  # summary.md (with report.png when plotted)
+
+    @property
+    def output(self) -> Path:
+        return self.corpus.root
+
+
+def run_prepare(cfg: PrepareConfig, output: str | os.PathLike, *, inputs: Sequence[str], overwrite: bool = False) -> PrepareResult:
+    """Validate inputs, run the pipeline, write outputs and manifest.json. Inputs and the output
+    folder are checked before Ray starts (InputError, OutputExistsError)."""
     t_start = time.perf_counter()
     files = sources.resolve_inputs(inputs, cfg.read.format)  # errors before any cluster work
     out = prepare_output_dir(output, overwrite)
@@ -521,7 +534,7 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
     # aggregates: each Ray Data execution costs seconds of fixed start-up, these cost milliseconds.
     t0 = time.perf_counter()
     staging = out / STAGING
-    ledger_files = [f["path"] for f in staged_files if Path(f["path"]).is_relative_to(out / "ledger")]
+    ledger_files = [f["path"] for f in staged_files if Path(f["path"]).is_relative_to(PreparedCorpus(out).ledger_dir)]
     example_files = [f["path"] for f in staged_files if Path(f["path"]).is_relative_to(staging)]
     count_task = ray.remote(ledger_counts)
     moments_task = ray.remote(train_subreddit_moments)
@@ -562,7 +575,7 @@ def run_prepare(inputs: list[str], output: str, cfg: PrepareConfig, overwrite: b
     (out / "summary.md").write_text(summary)
     finish_stage(out, "prepare", digest, {"records_read": manifest.records_read, "examples_written": manifest.examples_written,
                                           "invariant_holds": manifest.invariant_holds})
-    return manifest
+    return PrepareResult(corpus=PreparedCorpus(out.resolve()), manifest=manifest, summary_path=out / "summary.md")
 
 
 def _partition_and_build(text_files: list, parquet_files: list, cfg: PrepareConfig, cpus: int, chunk_bytes: int, out: Path):

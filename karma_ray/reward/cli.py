@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from typing import Iterator, Sequence
 
@@ -28,7 +27,7 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def train_rm_main(argv: Sequence[str]) -> int:
-    from karma_ray.reward.config import CONTROL_VARIANTS, RewardModelConfig
+    from karma_ray.reward.config import RewardModelConfig
 
     p = _parser("karma train-rm", "Train a karma reward model with Ray Train (TorchTrainer).")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
@@ -39,21 +38,22 @@ def train_rm_main(argv: Sequence[str]) -> int:
         return 0
     if not args.data or not args.output:
         p.error("--data and --output are required")
-    from karma_ray.reward.data import DataError, check_prepared
-    from karma_ray.reward.train import OutputExistsError, prepare_output, run_train_rm
+    from karma_ray.data.corpus import CorpusError
+    from karma_ray.reward.train import run_train_rm
+    from karma_ray.stage import OutputExistsError
 
     try:
         with _ray_started_here_is_shut_down():
             cfg = load_config(RewardModelConfig, args.config, args.overrides)
-            check_prepared(args.data, need_pairs=cfg.loss.pairwise_on and cfg.input.variant not in CONTROL_VARIANTS)
-            # refuse a folder in the way before Ray starts
-            prepare_output(args.output, resume=args.resume, overwrite=args.overwrite, dry_run=True)
-            metrics = run_train_rm(cfg, args.data, args.output, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, DataError, OutputExistsError) as exc:
+            # run_train_rm checks the corpus and the output folder before Ray starts
+            rm = run_train_rm(cfg, args.output, data=args.data, resume=args.resume, overwrite=args.overwrite)
+    except (ConfigError, CorpusError, OutputExistsError) as exc:
         print(f"karma train-rm: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({split: {k: v for k, v in m.items() if k != "by_subreddit"} for split, m in metrics.items()}, indent=2))
-    print(f"model: {args.output}/model  metrics: {args.output}/metrics.json")
+    print(f"karma train-rm: {rm.variant}, exported epoch {rm.exported_epoch}")
+    print(f"  val:  {rm.val.headline()}")
+    print(f"  test: {rm.test.headline()}")
+    print(f"model: {rm.model_dir}  metrics: {rm.metrics_path}")
     return 0
 
 
@@ -68,21 +68,20 @@ def sweep_rm_main(argv: Sequence[str]) -> int:
         return 0
     if not args.data or not args.output:
         p.error("--data and --output are required")
-    from karma_ray.reward.data import DataError, check_prepared
-    from karma_ray.reward.sweep import check_sweep_output, render_table, run_sweep
+    from karma_ray.data.corpus import CorpusError
+    from karma_ray.reward.sweep import render_table, run_sweep_rm
     from karma_ray.stage import OutputExistsError
 
     try:
         with _ray_started_here_is_shut_down():
             cfg = load_config(SweepConfig, args.config, args.overrides)
-            check_prepared(args.data, need_pairs=any(x.endswith("bt") for x in cfg.search.losses))
-            check_sweep_output(args.output, args.overwrite)
-            table = run_sweep(cfg, args.data, args.output, overwrite=args.overwrite)
-    except (ConfigError, DataError, OutputExistsError) as exc:
+            # run_sweep_rm checks the corpus and the output folder before Ray starts
+            sweep = run_sweep_rm(cfg, args.output, data=args.data, overwrite=args.overwrite)
+    except (ConfigError, CorpusError, OutputExistsError) as exc:
         print(f"karma sweep-rm: error: {exc}", file=sys.stderr)
         return 2
-    print(render_table(table))
-    print(f"results: {args.output}/results.csv  best models: {args.output}/best/<variant>")
+    print(render_table(sweep))
+    print(f"results: {sweep.results_csv}  best models: {sweep.output / 'best'}/<variant>")
     return 0
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from karma_ray.config import ConfigError, RayConfig, option, section
+from karma_ray.training.config import DeepSpeedConfig
 
 # The input switch. `random` and `constant` are RL controls: they have no weights and are never trained.
 VARIANTS = ("text", "text_meta", "response", "meta", "random", "constant")
@@ -167,30 +168,9 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True)
-class DeepSpeedConfig:
-    enabled: bool = option(False, "Wrap model and optimizer with deepspeed.initialize (ZeRO data parallelism).")
-    zero_stage: int = option(2, "ZeRO stage 0-2 (optimizer states / gradients partitioned across workers).")
-
-    def validate(self) -> None:
-        if self.zero_stage not in (0, 1, 2):
-            # Stage 3 partitions the weights themselves; exporting them would need a gather step not written yet.
-            raise ConfigError("deepspeed.zero_stage must be 0, 1 or 2")
-
-
-@dataclass(frozen=True)
 class EvalConfig:
     subreddits: int = option(10, "Per-subreddit breakdown of the most frequent N subreddits of each split.")
     min_subreddit_examples: int = option(20, "Skip subreddits with fewer examples in the breakdown.")
-
-
-@dataclass(frozen=True)
-class DebugConfig:
-    kill_worker_at_step: int | None = option(
-        None,
-        "Fault injection for tests: the worker of rank `kill_rank` SIGKILLs itself at this global step, once "
-        "(a marker file in the output folder remembers it), so recovery from the last checkpoint can be checked.",
-    )
-    kill_rank: int = option(0, "Rank that kills itself.")
 
 
 def _check_fits_local_cluster(rm: "RewardModelConfig", extra_cpus: float, what: str) -> None:
@@ -213,16 +193,13 @@ class RewardModelConfig:
     loss: LossConfig = section(LossConfig, "Regression and pairwise losses.")
     train: TrainConfig = section(TrainConfig, "Optimization.")
     scaling: ScalingConfig = section(ScalingConfig, "Ray Train workers and fault tolerance.")
-    deepspeed: DeepSpeedConfig = section(DeepSpeedConfig, "DeepSpeed ZeRO switch.")
+    deepspeed: DeepSpeedConfig = section(DeepSpeedConfig, "DeepSpeed ZeRO (off by default: plain torch DDP).")
     eval: EvalConfig = section(EvalConfig, "Metrics on val and test.")
-    debug: DebugConfig = section(DebugConfig, "Fault injection (off by default).")
     ray: RayConfig = section(RayConfig, "The Ray cluster.")
 
     def validate(self) -> None:
         if self.input.variant in TEXT_VARIANTS and not self.model.backbone:
             raise ConfigError(f"model.backbone is required for variant '{self.input.variant}'")
-        if self.debug.kill_rank >= self.scaling.num_workers:
-            raise ConfigError("debug.kill_rank must be < scaling.num_workers")
         _check_fits_local_cluster(self, extra_cpus=0.0, what="the training workers")
 
 

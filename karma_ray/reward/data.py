@@ -20,30 +20,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from karma_ray.reward.config import META_VARIANTS, METADATA_FIELDS, RewardModelConfig
+from karma_ray.data.corpus import PreparedCorpus
+from karma_ray.reward.config import CONTROL_VARIANTS, META_VARIANTS, METADATA_FIELDS, RewardModelConfig
 from karma_ray.reward.inputs import FeatureSpec, TargetSpec
 
-SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
-    """The prepared corpus is missing or lacks what the config asks for."""
+def needs_pairs(cfg: RewardModelConfig) -> bool:
+    return cfg.loss.pairwise_on and cfg.input.variant not in CONTROL_VARIANTS
+
+
+def open_corpus(data: str | os.PathLike, need_pairs: bool) -> PreparedCorpus:
+    """The prepared corpus with all three splits (and train pairs when needed); CorpusError before Ray starts."""
+    return PreparedCorpus.open(data, pairs=("train",) if need_pairs else ())
 
 
 def split_dir(data: str | os.PathLike, kind: str, split: str) -> Path:
-    return Path(data) / kind / f"split={split}"
-
-
-def check_prepared(data: str | os.PathLike, need_pairs: bool) -> None:
-    """Fail before Ray starts when the folder is not a prepared corpus."""
-    d = Path(data)
-    if not (d / "manifest.json").is_file():
-        raise DataError(f"{d}: no manifest.json (not a `karma prepare` output)")
-    for split in SPLITS:
-        if not any(split_dir(d, "examples", split).glob("*.parquet")):
-            raise DataError(f"{d}: no Parquet files in {split_dir(d, 'examples', split)}")
-    if need_pairs and not any(split_dir(d, "pairs", "train").glob("*.parquet")):
-        raise DataError(f"{d}: the pairwise loss needs sibling pairs, but {split_dir(d, 'pairs', 'train')} is empty")
+    corpus = PreparedCorpus(Path(data))
+    return corpus.examples_dir(split) if kind == "examples" else corpus.pairs_dir(split)
 
 
 def metadata_columns(cfg: RewardModelConfig) -> list[str]:
@@ -100,7 +94,7 @@ def ray_datasets(data: str | os.PathLike, cfg: RewardModelConfig, materialize: b
     if cfg.train.max_train_examples is not None:
         train = train.limit(cfg.train.max_train_examples)
     datasets = {"train": train, "val": ray.data.read_parquet(str(split_dir(data, "examples", "val"))).select_columns(cols)}
-    if cfg.loss.pairwise_on and cfg.input.variant not in ("random", "constant"):
+    if needs_pairs(cfg):
         pair_cols = ["chosen_id", "rejected_id", "context", "chosen", "rejected", "subreddit"]
         pairs = ray.data.read_parquet(str(split_dir(data, "pairs", "train"))).select_columns(pair_cols)
         if cfg.input.variant in META_VARIANTS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass, fields
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -108,3 +109,26 @@ def metrics_by_subreddit(
         out[sub] = reward_metrics([scores[i] for i in idx], [targets[i] for i in idx], [ids[i] for i in idx],
                                   pairs_by_subreddit.get(sub, ()))
     return out
+
+
+@dataclass(frozen=True)
+class SplitMetrics:
+    """One split's metrics of a reward model (the `metrics.json` entry, typed); None = undefined."""
+
+    spearman: float | None
+    pearson: float | None
+    mse: float | None
+    pairwise_accuracy: float | None
+    n: int
+    n_pairs: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "SplitMetrics":
+        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+
+    def headline(self) -> str:
+        def fmt(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.3f}"
+
+        return (f"spearman {fmt(self.spearman)}, pairwise accuracy {fmt(self.pairwise_accuracy)}, "
+                f"mse {fmt(self.mse)} (n={self.n:,}, {self.n_pairs:,} pairs)")

@@ -193,17 +193,25 @@ def build_reward_model(meta: RewardModelMeta, backbone: str | None, dtype: str =
     return RewardModel(text_model, meta_head), tokenizer
 
 
-def save_reward_model(folder: str | os.PathLike, model: RewardModel | None, tokenizer: Any, meta: RewardModelMeta) -> Path:
-    """Write the folder described in the module docstring (safetensors only)."""
+def save_reward_model(folder: str | os.PathLike, model: RewardModel | None, tokenizer: Any, meta: RewardModelMeta,
+                      state_dict: dict | None = None) -> Path:
+    """Write the folder described in the module docstring (safetensors only). `state_dict` (the whole
+    RewardModel's, e.g. gathered under ZeRO-3) replaces the module's own tensors."""
     from safetensors.torch import save_file
+
+    def part(prefix: str) -> dict | None:
+        if state_dict is None:
+            return None
+        return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     if model is not None and model.text_model is not None:
-        model.text_model.save_pretrained(out, safe_serialization=True)
+        model.text_model.save_pretrained(out, safe_serialization=True, state_dict=part("text_model."))
         tokenizer.save_pretrained(out)
     if model is not None and model.meta_head is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.meta_head.state_dict().items()}, str(out / META_HEAD_FILE))
+        head = part("meta_head.") or model.meta_head.state_dict()
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(out / META_HEAD_FILE))
     meta.save(out)
     return out
 

@@ -19,13 +19,14 @@ import csv
 import json
 import math
 import os
-import shutil
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from karma_ray.config import save_resolved
 from karma_ray.reward.config import CONTROL_VARIANTS, LOSS_PRESETS, RewardModelConfig, SweepConfig
+from karma_ray.reward.data import open_corpus
+from karma_ray.reward.metrics import SplitMetrics
 from karma_ray.stage import begin_stage, claim_output, config_digest, finish_stage
 
 
@@ -108,8 +109,49 @@ def best_row(df: Any, objective: str, mode: str) -> dict | None:
     return df.loc[idx].to_dict()
 
 
-def run_sweep(cfg: SweepConfig, data: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> dict:
-    """Run the sweep, export the best checkpoint per variant, evaluate it on test; returns the tables."""
+@dataclass(frozen=True)
+class SweepTrial:
+    """One trial's row of results.csv: its best epoch by the objective."""
+
+    trial_id: str | None
+    variant: str
+    loss: str
+    lr: float
+    epochs_run: int
+    best_epoch: int | None
+    objective: float | None  # the value of SweepResult.objective at best_epoch
+    val_pairwise_accuracy: float | None
+    val_mse: float | None
+    error: str  # "" when the trial ran to its end (or ASHA stopped it)
+    checkpoint_path: str | None
+
+
+@dataclass(frozen=True)
+class BestModel:
+    """The best trial of one variant, exported and scored on val and test (a row of best.csv)."""
+
+    variant: str
+    loss: str
+    lr: float
+    best_epoch: int | None
+    model_dir: Path
+    val: SplitMetrics
+    test: SplitMetrics
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    output: Path
+    objective: str  # the metric trials were ranked by (rm.train.objective)
+    trials: list[SweepTrial]
+    best: dict[str, BestModel]  # variant -> its best model
+    results_csv: Path
+    best_csv: Path
+
+
+def run_sweep_rm(cfg: SweepConfig, output: str | os.PathLike, *, data: str | os.PathLike, overwrite: bool = False) -> SweepResult:
+    """Run the sweep, export the best checkpoint per variant, evaluate it on val and test. The corpus
+    and the output folder are checked before Ray starts (CorpusError, OutputExistsError)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -120,7 +162,7 @@ def run_sweep(cfg: SweepConfig, data: str | os.PathLike, output: str | os.PathLi
 
     # Trials and their workers run in Tune/Train working directories: local paths must be absolute.
     cfg = replace(cfg, rm=replace(cfg.rm, model=replace(cfg.rm.model, backbone=absolute_if_local(cfg.rm.model.backbone))))
-    data = Path(data).resolve()
+    data = open_corpus(data, need_pairs=any(x.endswith("bt") for x in cfg.search.losses)).root
     out = check_sweep_output(output, overwrite, dry_run=False)
     save_resolved(cfg, out)
     digest = config_digest(cfg, [data])
@@ -150,40 +192,54 @@ def run_sweep(cfg: SweepConfig, data: str | os.PathLike, output: str | os.PathLi
     )
     grid = tuner.fit()
 
-    rows = []
+    trials = []
     for result in grid:
         spec = result.config.get("spec") or {k: result.config.get(k) for k in ("variant", "loss", "lr")}
         best = best_row(result.metrics_dataframe, objective, mode) or {}
-        rows.append({
-            "trial_id": Path(result.path).name if result.path else None,
-            "variant": spec["variant"], "loss": spec["loss"], "lr": spec["lr"],
-            "epochs_run": int(best.get("training_iteration", 0) or 0) if not result.metrics else int(result.metrics.get("epoch", 0)),
-            "best_epoch": best.get("epoch"),
-            objective: _finite(best.get(objective)),
-            "val_pairwise_accuracy": _finite(best.get("val_pairwise_accuracy")),
-            "val_mse": _finite(best.get("val_mse")),
-            "error": repr(result.error) if result.error else "",
-            "checkpoint_path": best.get("checkpoint_path"),
-        })
+        trials.append(SweepTrial(
+            trial_id=Path(result.path).name if result.path else None,
+            variant=spec["variant"], loss=spec["loss"], lr=spec["lr"],
+            epochs_run=int(best.get("training_iteration", 0) or 0) if not result.metrics else int(result.metrics.get("epoch", 0)),
+            best_epoch=best.get("epoch"),
+            objective=_finite(best.get(objective)),
+            val_pairwise_accuracy=_finite(best.get("val_pairwise_accuracy")),
+            val_mse=_finite(best.get("val_mse")),
+            error=repr(result.error) if result.error else "",
+            checkpoint_path=best.get("checkpoint_path"),
+        ))
     sign = 1 if mode == "max" else -1
-    best_rows = []
-    for variant in dict.fromkeys(r["variant"] for r in rows):
-        candidates = [r for r in rows if r["variant"] == variant and r["checkpoint_path"]]
+    best_models: dict[str, BestModel] = {}
+    for variant in dict.fromkeys(t.variant for t in trials):
+        candidates = [t for t in trials if t.variant == variant and t.checkpoint_path]
         if not candidates:
             continue
-        winner = max(candidates, key=lambda r: -math.inf if r[objective] is None else sign * r[objective])
-        model_dir = export_checkpoint(winner["checkpoint_path"], out / "best" / variant)
-        metrics = evaluate_model_dir(model_dir, data, trial_config(cfg.rm, winner))
+        winner = max(candidates, key=lambda t: -math.inf if t.objective is None else sign * t.objective)
+        model_dir = export_checkpoint(winner.checkpoint_path, out / "best" / variant)
+        metrics = evaluate_model_dir(model_dir, data, trial_config(cfg.rm, {"variant": winner.variant, "loss": winner.loss, "lr": winner.lr}))
         (model_dir.parent / f"{variant}_metrics.json").write_text(json.dumps(metrics, indent=2))
-        best_rows.append({
-            "variant": variant, "loss": winner["loss"], "lr": winner["lr"], "best_epoch": winner["best_epoch"],
-            **{f"{split}_{k}": metrics[split].get(k) for split in ("val", "test") for k in ("spearman", "pearson", "pairwise_accuracy", "mse")},
-            "model": str(model_dir),
-        })
-    _write_csv(out / "results.csv", rows)
-    _write_csv(out / "best.csv", best_rows)
-    finish_stage(out, "sweep-rm", digest, {"trials": len(rows), "best": len(best_rows)})
-    return {"trials": rows, "best": best_rows}
+        best_models[variant] = BestModel(variant=variant, loss=winner.loss, lr=winner.lr, best_epoch=winner.best_epoch,
+                                         model_dir=model_dir, val=SplitMetrics.from_dict(metrics["val"]),
+                                         test=SplitMetrics.from_dict(metrics["test"]))
+    sweep = SweepResult(output=out, objective=objective, trials=trials, best=best_models,
+                        results_csv=out / "results.csv", best_csv=out / "best.csv")
+    _write_csv(sweep.results_csv, [trial_row(t, objective) for t in trials])
+    _write_csv(sweep.best_csv, [best_model_row(b) for b in best_models.values()])
+    finish_stage(out, "sweep-rm", digest, {"trials": len(trials), "best": len(best_models),
+                                           **{f"{v}_test_spearman": b.test.spearman for v, b in best_models.items()}})
+    return sweep
+
+
+def trial_row(t: SweepTrial, objective: str) -> dict:
+    """results.csv columns: the objective is named by its metric."""
+    row = asdict(t)
+    row[objective] = row.pop("objective")
+    order = ["trial_id", "variant", "loss", "lr", "epochs_run", "best_epoch", objective, "val_pairwise_accuracy", "val_mse", "error", "checkpoint_path"]
+    return {k: row[k] for k in order}
+
+
+def best_model_row(b: BestModel) -> dict:
+    split_cols = {f"{split}_{k}": getattr(getattr(b, split), k) for split in ("val", "test") for k in ("spearman", "pearson", "pairwise_accuracy", "mse")}
+    return {"variant": b.variant, "loss": b.loss, "lr": b.lr, "best_epoch": b.best_epoch, **split_cols, "model": str(b.model_dir)}
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -196,8 +252,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def render_table(tables: dict) -> str:
+def render_table(sweep: SweepResult) -> str:
     """The two result tables as aligned text."""
+    tables = {"trials": [trial_row(t, sweep.objective) for t in sweep.trials], "best": [best_model_row(b) for b in sweep.best.values()]}
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):

@@ -8,10 +8,12 @@ one over (a rerun with `--resume`, or a restart after a worker died: FailureConf
 the examples (and sibling pairs) once through Ray Data into memory, then per epoch: shuffled steps
 (regression rows and pairs of a step go through ONE forward pass, so DDP sees one forward per
 backward), val scored by all workers (each its share, gathered), one `ray.train.report` with a
-checkpoint from rank 0 (from every rank under DeepSpeed). A checkpoint folder is an exported
-reward-model folder (scorer-loadable) plus trainer_state.json and the optimizer: optimizer.pt (plain
-torch) or deepspeed/ (DeepSpeed's own checkpoint: each rank's ZeRO partition of the Adam moments and
-the LR schedule), so a resumed run continues the optimizer, not just the weights.
+checkpoint from rank 0 (from every rank under DeepSpeed). The model and optimizer are a
+karma_ray.training.Learner (DDP, or DeepSpeed ZeRO-2/3: `deepspeed.zero_stage`). A checkpoint folder
+is an exported reward-model folder (scorer-loadable; gathered from every rank under ZeRO-3) plus
+trainer_state.json and the optimizer's checkpoint: optimizer.pt (plain torch) or deepspeed/state/
+(DeepSpeed's own: each rank's ZeRO partition of the Adam moments and the LR schedule), so a resumed
+run continues the optimizer, not just the weights.
 
 Output folder: config.yaml (resolved config), model/ (the exported model), metrics.json
 ({"val": {...}, "test": {...}}), train_summary.json (per-epoch history, chosen epoch, throughput),
@@ -24,10 +26,9 @@ import json
 import math
 import os
 import shutil
-import signal
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,16 @@ import numpy as np
 
 from karma_ray.config import save_resolved, to_dict
 from karma_ray.reward.config import CONTROL_VARIANTS, META_VARIANTS, TEXT_VARIANTS, RewardModelConfig
-from karma_ray.reward.data import check_prepared, evaluate_split, fit_specs, ray_datasets, split_pairs
+from karma_ray.reward.data import evaluate_split, fit_specs, needs_pairs, open_corpus, ray_datasets, split_pairs
+from karma_ray.reward.metrics import SplitMetrics
 from karma_ray.reward.inputs import build_inputs, rm_text
 from karma_ray.reward.model import METADATA_FILE, RewardModelMeta
-from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
+from karma_ray.training.faults import FaultInjector, forwarded_env
+from karma_ray.training.learner import OPTIMIZER_FILE, Learner
+from karma_ray.stage import begin_stage, claim_output, config_digest, finish_stage
 
 RUN_NAME = "train_rm"
 TRAINER_STATE = "trainer_state.json"
-OPTIMIZER_STATE = "optimizer.pt"
-DS_TAG = "deepspeed"  # the DeepSpeed checkpoint's sub-folder (module, ZeRO optimizer partitions, LR schedule)
-KILL_MARKER = "debug_worker_killed.marker"
 
 
 def prepare_output(output: str | os.PathLike, resume: bool, overwrite: bool = False, dry_run: bool = False) -> Path:
@@ -138,15 +139,22 @@ def lr_lambda(total_steps: int, warmup_fraction: float):
     return fn
 
 
-def _score_rows(model: Any, shard: ShardData, idx: np.ndarray, tokenizer: Any, meta: RewardModelMeta, batch_size: int, device: Any) -> np.ndarray:
+def _score_rows(model: Any, shard: ShardData, idx: np.ndarray, tokenizer: Any, meta: RewardModelMeta, batch_size: int,
+                device: Any, batches: int | None = None) -> np.ndarray:
+    """Scores of rows `idx` of the shard, `batch_size` at a time. `batches` pads the pass to that many
+    forwards (the first row again, scores dropped), so every rank of a ZeRO-3 group runs as many."""
     import torch
 
     out = np.empty(len(idx))
+    batches = math.ceil(len(idx) / batch_size) if batches is None else batches
     with torch.no_grad():
-        for start in range(0, len(idx), batch_size):
-            part = idx[start : start + batch_size]
-            inputs = build_inputs(*shard.take(part), tokenizer, meta.max_length).to(device)
-            out[start : start + len(part)] = model(inputs).float().cpu().numpy()
+        for b in range(batches):
+            part = idx[b * batch_size : (b + 1) * batch_size]
+            rows = part if len(part) else idx[:1] if len(idx) else np.zeros(1, dtype=np.int64)
+            inputs = build_inputs(*shard.take(rows), tokenizer, meta.max_length).to(device)
+            scores = model(inputs).float().cpu().numpy()
+            if len(part):
+                out[b * batch_size : b * batch_size + len(part)] = scores
     return out
 
 
@@ -176,7 +184,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     # ---- the model, restored from the latest checkpoint when there is one ----
     model = tokenizer = None
-    start_epoch, global_step, history, optimizer_state, scheduler_state = 0, 0, [], None, None
+    start_epoch, global_step, history = 0, 0, []
     if not is_control:
         model, tokenizer = build_reward_model(meta, cfg.model.backbone, cfg.model.dtype, cfg.model.trust_remote_code, cfg.train.seed)
     checkpoint = ray.train.get_checkpoint()
@@ -186,12 +194,9 @@ def train_loop_per_worker(config: dict) -> None:
             state = json.loads((Path(d) / TRAINER_STATE).read_text())
             start_epoch, global_step, history = state["epoch"] + 1, state["global_step"], state["history"]
             resumed_from = state["epoch"]
-            if model is not None:
+            if model is not None:  # the weights; the optimizer's state is restored once the learner exists
                 restored, _, _ = load_reward_model(d, dtype=cfg.model.dtype)
                 model.load_state_dict(restored.state_dict())
-                if (Path(d) / OPTIMIZER_STATE).exists():
-                    saved = torch.load(Path(d) / OPTIMIZER_STATE, weights_only=True)
-                    optimizer_state, scheduler_state = saved["optimizer"], saved["scheduler"]
         if rank == 0:
             print(f"[train-rm] resumed from the checkpoint of epoch {resumed_from + 1} (global step {global_step})", flush=True)
 
@@ -217,46 +222,25 @@ def train_loop_per_worker(config: dict) -> None:
         if steps == 0:
             raise RuntimeError(f"worker {rank} has no training rows (examples {n_train}, pairs {n_pairs})")
 
-    # ---- optimizer (+ DeepSpeed or DDP) ----
-    engine = optimizer = scheduler = None
+    # ---- optimizer: torch AdamW, under DDP or DeepSpeed ZeRO-2/3 (karma_ray.training.Learner) ----
+    learner = None
     if model is not None:
         head_ids = {id(p) for p in model.head_parameters()}
         groups = [
             {"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": cfg.train.lr},
             {"params": [p for p in model.parameters() if id(p) in head_ids], "lr": cfg.train.head_lr},
         ]
-        groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps * (cfg.train.epochs), cfg.train.warmup_fraction))
         if cfg.deepspeed.enabled:
             os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
-            import deepspeed
-
-            ds_config = {
-                "train_micro_batch_size_per_gpu": cfg.train.batch_size,
-                "gradient_accumulation_steps": 1,
-                "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
-                # torch AdamW instead of DeepSpeed's fused CPU Adam: no op build (STACK.md)
-                "zero_allow_untested_optimizer": True,
-                "gradient_clipping": cfg.train.grad_clip,
-            }
-            engine, optimizer, _, scheduler = deepspeed.initialize(
-                model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
-            )
-            if checkpoint is not None:
-                # Module, this rank's ZeRO partition of the Adam moments, and the LR schedule: a resumed
-                # run takes the same steps an uninterrupted one would have.
-                with checkpoint.as_directory() as d:
-                    if not (Path(d) / DS_TAG).is_dir():
-                        raise RuntimeError(f"checkpoint {d} has no DeepSpeed state ({DS_TAG}/): was it written without deepspeed.enabled?")
-                    loaded, _ = engine.load_checkpoint(d, tag=DS_TAG)
-                    if loaded is None:
-                        raise RuntimeError(f"DeepSpeed could not load {Path(d) / DS_TAG}")
-        else:
-            if optimizer_state is not None:
-                optimizer.load_state_dict(optimizer_state)
-                scheduler.load_state_dict(scheduler_state)
-            engine = ray.train.torch.prepare_model(model)  # DDP when world > 1
+        learner = Learner(model, [g for g in groups if g["params"]], deepspeed=cfg.deepspeed,
+                          micro_batch_size=cfg.train.batch_size, grad_clip=cfg.train.grad_clip,
+                          schedule=lr_lambda(steps * cfg.train.epochs, cfg.train.warmup_fraction),
+                          weight_decay=cfg.train.weight_decay, dtype=getattr(torch, cfg.model.dtype), device=device)
+        if checkpoint is not None:
+            # The Adam moments (this rank's ZeRO partition under DeepSpeed) and the LR schedule: a
+            # resumed run takes the same steps an uninterrupted one would have.
+            with checkpoint.as_directory() as d:
+                learner.load(Path(d))
     unwrapped = model
 
     val_ids = val_cols.get("id", [])
@@ -264,13 +248,13 @@ def train_loop_per_worker(config: dict) -> None:
     y_val = meta.target.standardize(val_cols.get(meta.target.column, [])) if val_ids else np.zeros(0)
     val_pairs = config.get("val_pairs", [])
     epochs = 1 if is_control else cfg.train.epochs
-    marker = Path(config["output"]) / KILL_MARKER
+    faults = FaultInjector.from_env(config["output"], rank)
 
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         losses, samples = [], 0
         if not is_control:
-            engine.train()
+            learner.train()
             rng = np.random.default_rng(cfg.train.seed * 1000 + epoch * 10 + rank)
             reg_order = rng.permutation(n_train)
             pair_order = rng.permutation(n_pairs) if n_pairs else np.zeros(0, dtype=np.int64)
@@ -287,32 +271,19 @@ def train_loop_per_worker(config: dict) -> None:
                     parts += [chosen_shard.take(pair_idx), rejected_shard.take(pair_idx)]
                     n_pair = len(pair_idx)
                 inputs = build_inputs(*concat_parts(parts), tokenizer, meta.max_length).to(device)
-                scores = engine(inputs)  # (n_reg + 2 * n_pair,)
                 targets = torch.as_tensor(y_train[reg_idx], dtype=torch.float32, device=device) if n_reg else None
-                loss = reward_loss(
-                    cfg.loss,
-                    scores=scores[:n_reg],
-                    targets=targets,
-                    chosen=scores[n_reg : n_reg + n_pair],
-                    rejected=scores[n_reg + n_pair :],
-                )
-                if cfg.deepspeed.enabled:
-                    engine.backward(loss.total)
-                    engine.step()
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.total.backward()
-                    if cfg.train.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(engine.parameters(), cfg.train.grad_clip)
-                    optimizer.step()
-                    scheduler.step()
-                losses.append(float(loss.total.detach()))
+
+                def loss_fn(m, batch, n_reg=n_reg, n_pair=n_pair, targets=targets):
+                    scores = m(batch)  # (n_reg + 2 * n_pair,): regression rows and both pair sides, one forward
+                    loss = reward_loss(cfg.loss, scores=scores[:n_reg], targets=targets,
+                                       chosen=scores[n_reg : n_reg + n_pair], rejected=scores[n_reg + n_pair :])
+                    return loss.total, float(loss.total.detach())
+
+                losses += learner.step([inputs], loss_fn).outputs
                 samples += n_reg + 2 * n_pair
                 global_step += 1
-                if cfg.debug.kill_worker_at_step == global_step and rank == cfg.debug.kill_rank and not marker.exists():
-                    marker.write_text(f"killed rank {rank} at global step {global_step}\n")
-                    os.kill(os.getpid(), signal.SIGKILL)
-            engine.eval()
+                faults.after_step(global_step)
+            learner.train(False)
         train_seconds = time.perf_counter() - t0
 
         # ---- val: each worker scores its share, then all gather ----
@@ -322,7 +293,9 @@ def train_loop_per_worker(config: dict) -> None:
             if is_control:
                 part = np.array([0.0 if meta.variant == "constant" else random_control_score(meta.random_seed, val_cols["context"][i], val_cols["reply"][i]) for i in mine])
             else:
-                part = _score_rows(engine, val_shard, mine, tokenizer, meta, cfg.train.eval_batch_size, device)
+                # every rank runs the same number of forwards (under ZeRO-3 each one is collective)
+                batches = math.ceil(math.ceil(len(val_ids) / world) / cfg.train.eval_batch_size)
+                part = _score_rows(learner.model, val_shard, mine, tokenizer, meta, cfg.train.eval_batch_size, device, batches)
             gathered = [None] * world
             if distributed:
                 dist.all_gather_object(gathered, (mine.tolist(), part.tolist()))
@@ -351,18 +324,16 @@ def train_loop_per_worker(config: dict) -> None:
                 flush=True,
             )
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if cfg.deepspeed.enabled and engine is not None:
-                # Every rank writes its ZeRO partition (a collective); Ray Train merges the ranks' folders.
-                engine.save_checkpoint(tmp, tag=DS_TAG)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            # Every rank takes part: ZeRO-3 gathers the weights, and under DeepSpeed each rank writes its
+            # own optimizer partition (Ray Train merges the ranks' folders into one checkpoint).
+            full = learner.full_state_dict() if learner is not None and learner.zero_stage == 3 else None
+            if learner is not None:
+                learner.save(tmp, writer=rank == 0)
             if rank == 0:
                 epoch_meta = replace(meta, extra={"epoch": epoch + 1, "global_step": global_step, "val": val})
-                save_reward_model(tmp, unwrapped, tokenizer, epoch_meta)
+                save_reward_model(tmp, unwrapped, tokenizer, epoch_meta, state_dict=full)
                 (Path(tmp) / TRAINER_STATE).write_text(json.dumps({"epoch": epoch, "global_step": global_step, "history": history}, default=str))
-                if optimizer is not None and not cfg.deepspeed.enabled:
-                    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, Path(tmp) / OPTIMIZER_STATE)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ckpt = ray.train.Checkpoint.from_directory(tmp) if any(Path(tmp).iterdir()) else None
             ray.train.report(_nan_for_none(record), checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
 
 
@@ -382,7 +353,7 @@ def build_trainer(cfg: RewardModelConfig, data: str | os.PathLike, output: Path,
 
     val_pairs, _ = split_pairs(data, "val")
     env = {"DS_ACCELERATOR": "cuda" if cfg.scaling.use_gpu else "cpu", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-           "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false", **forwarded_env()}
     datasets = ray_datasets(data, cfg, materialize)
     return TorchTrainer(
         train_loop_per_worker,
@@ -429,7 +400,7 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, model_dir: Path) -> Pat
         shutil.rmtree(model_dir)
     model_dir.mkdir(parents=True)
     for f in Path(checkpoint_dir).iterdir():
-        if f.is_file() and f.name not in (TRAINER_STATE, OPTIMIZER_STATE):
+        if f.is_file() and f.name not in (TRAINER_STATE, OPTIMIZER_FILE):
             shutil.copy2(f, model_dir / f.name)
     if not (model_dir / METADATA_FILE).exists():
         raise RuntimeError(f"checkpoint {checkpoint_dir} holds no {METADATA_FILE}")
@@ -443,16 +414,30 @@ def evaluate_model_dir(model_dir: Path, data: str | os.PathLike, cfg: RewardMode
     return {split: evaluate_split(scorer, data, split, cfg, cfg.train.eval_batch_size) for split in ("val", "test")}
 
 
-def run_train_rm(cfg: RewardModelConfig, data: str | os.PathLike, output: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train, export, evaluate (see the module docstring); returns the metrics.json content."""
+@dataclass(frozen=True)
+class RewardModelResult:
+    """What `run_train_rm` wrote, and the exported model's held-out metrics."""
+
+    output: Path
+    model_dir: Path  # the exported, scorer-loadable reward model
+    metrics_path: Path  # metrics.json: val and test, with the per-subreddit breakdown
+    variant: str
+    exported_epoch: int | None
+    val: SplitMetrics
+    test: SplitMetrics
+
+
+def run_train_rm(cfg: RewardModelConfig, output: str | os.PathLike, *, data: str | os.PathLike,
+                 resume: bool = False, overwrite: bool = False) -> RewardModelResult:
+    """Train, export, evaluate (see the module docstring). The corpus and the output folder are
+    checked before Ray starts (CorpusError, OutputExistsError)."""
     from karma_ray.ray_utils import init_ray
 
     from karma_ray.models.hf import absolute_if_local
 
     # Workers run in Ray Train's own working directory: make local paths absolute first.
     cfg = replace(cfg, model=replace(cfg.model, backbone=absolute_if_local(cfg.model.backbone)))
-    data = Path(data).resolve()
-    check_prepared(data, need_pairs=cfg.loss.pairwise_on and cfg.input.variant not in CONTROL_VARIANTS)
+    data = open_corpus(data, need_pairs=needs_pairs(cfg)).root
     out = prepare_output(output, resume, overwrite)
     save_resolved(cfg, out)
     digest = config_digest(cfg, [data])
@@ -481,8 +466,12 @@ def run_train_rm(cfg: RewardModelConfig, data: str | os.PathLike, output: str | 
         "config": to_dict(cfg),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    finish_stage(out, "train-rm", digest, {"variant": cfg.input.variant, "exported_epoch": chosen.get("epoch")})
-    return metrics
+    rm = RewardModelResult(output=out, model_dir=model_dir, metrics_path=out / "metrics.json", variant=cfg.input.variant,
+                           exported_epoch=chosen.get("epoch"), val=SplitMetrics.from_dict(metrics["val"]),
+                           test=SplitMetrics.from_dict(metrics["test"]))
+    finish_stage(out, "train-rm", digest, {"variant": rm.variant, "exported_epoch": rm.exported_epoch,
+                                           "test_spearman": rm.test.spearman, "test_pairwise_accuracy": rm.test.pairwise_accuracy})
+    return rm
 
 
 def _last_history(result: Any) -> list:

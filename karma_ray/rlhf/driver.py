@@ -268,12 +268,12 @@ class PPODriver:
                 **{f"reward/{n}": float(s.mean()) for n, s in zip(self.reward_names, per_model_scores)},
                 "kl": seq_kl,
                 "kl_coef": kl_coef,
-                "entropy": policy_stats.get("entropy", float("nan")),
-                "clip_frac": policy_stats.get("clip_frac", float("nan")),
-                "policy_loss": policy_stats.get("policy_loss", float("nan")),
-                "approx_kl": policy_stats.get("approx_kl", float("nan")),
-                "grad_norm": policy_stats.get("grad_norm", float("nan")),
-                "value_loss": critic_stats.get("value_loss", float("nan")),
+                "entropy": policy_stats.entropy,
+                "clip_frac": policy_stats.clip_frac,
+                "policy_loss": policy_stats.policy_loss,
+                "approx_kl": policy_stats.approx_kl,
+                "grad_norm": policy_stats.update.grad_norm,
+                "value_loss": critic_stats.value_loss if critic_stats else NAN,
                 "response_length": float(mask.sum(-1).mean()),
                 "finished_frac": sum(gens.finished) / len(gens),
                 "advantage_mean": float(masked_mean(adv.advantages, mask)),
@@ -284,18 +284,18 @@ class PPODriver:
                 "generated_tokens": n_tokens,
                 "actor_restarts": roles.restarts.used,
                 "prompt_epoch": self.sampler.epoch,
-                "sync_seconds": sync.get("seconds", float("nan")),
-                "sync_buckets": sync.get("buckets", 0),
-                "sync_mib": sync.get("bytes", 0) / 2**20,
+                "sync_seconds": sync.total_s,
+                "sync_buckets": sync.num_buckets,
+                "sync_mib": sync.bytes / 2**20,
                 # until the policy had streamed every bucket / the slowest engine's load of them
-                "sync_gather_seconds": sync.get("gather_seconds", float("nan")),
-                "sync_apply_seconds": sync.get("apply_seconds", float("nan")),
+                "sync_gather_seconds": sync.gather_s,
+                "sync_apply_seconds": sync.apply_s,
                 # Speed of the update (karma_ray.rlhf.perf): model TFLOP/s per worker, and MFU where
                 # the device's peak is known (NaN on CPU).
-                "perf/policy_tflops": policy_stats.get("train_tflops", float("nan")),
-                "perf/policy_mfu": policy_stats.get("mfu", float("nan")),
-                "perf/critic_tflops": critic_stats.get("train_tflops", float("nan")),
-                "perf/critic_mfu": critic_stats.get("mfu", float("nan")),
+                "perf/policy_tflops": _or_nan(policy_stats.update.train_tflops),
+                "perf/policy_mfu": _or_nan(policy_stats.update.mfu),
+                "perf/critic_tflops": _or_nan(critic_stats.update.train_tflops if critic_stats else None),
+                "perf/critic_mfu": _or_nan(critic_stats.update.mfu if critic_stats else None),
                 **{f"latency/{k}": v for k, v in latency.items()},
             }
             self.state.step = step
@@ -377,7 +377,7 @@ class PPODriver:
         """The trained policy as an HF folder, with its lineage: the initial policy's chain plus this
         run's prompts (a prepared corpus counts as exposure to that corpus; a prompt file does not)."""
         from karma_ray.config import to_dict
-        from karma_ray.sft.lineage import data_stage, extend_lineage, file_sha256, json_digest, write_lineage
+        from karma_ray.lineage import data_stage, extend_lineage, file_sha256, json_digest, write_lineage
 
         path = path or self.output_dir / "policy"
         self.roles.save_policy_hf(path)
@@ -400,6 +400,13 @@ class PPODriver:
 
     def shutdown(self) -> None:
         self.roles.shutdown()
+
+
+NAN = float("nan")  # metrics.jsonl keeps every column; NaN where a role or a FLOP model is absent
+
+
+def _or_nan(x: Optional[float]) -> float:
+    return NAN if x is None else x
 
 
 def _ragged_to_padded(rows: list[list[float]], shape: torch.Size) -> torch.Tensor:

@@ -17,7 +17,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from karma_ray.rlhf.config import PPOConfig
-from karma_ray.rlhf.roles import RestartBudget, _mean_stats
+from karma_ray.actors import RestartBudget
+from karma_ray.engines.weight_sync import SyncReport
+from karma_ray.rlhf.roles import reference_scorer_kwargs
+from karma_ray.types import CriticStats, PolicyStats
 from karma_ray.types import Generations, SamplingSettings
 
 
@@ -76,20 +79,20 @@ class LocalRoles:
     def wait_all(*_: Any) -> dict[str, float]:
         return {}  # everything already ran, in order
 
-    def train_step(self, exp: Any, kl_coef: float) -> tuple[dict, dict]:
+    def train_step(self, exp: Any, kl_coef: float) -> tuple[PolicyStats, Optional[CriticStats]]:
         p = self.policy.train_step(exp, kl_coef=kl_coef)
-        c = self.critic.train_step(exp) if self.critic is not None else {}
-        return _mean_stats([p]), c
+        c = self.critic.train_step(exp) if self.critic is not None else None
+        return p, c
 
-    def sync_weights(self, engines: Optional[list] = None) -> dict:
+    def sync_weights(self, engines: Optional[list] = None) -> SyncReport:
         import time
 
         start = time.perf_counter()
         buckets = list(self.policy.weight_buckets(self.cfg.rollout.sync_bucket_mib))
-        for e in engines or [self.engine]:
-            e.update_weights(*buckets)
-        size = sum(t.numel() * t.element_size() for b in buckets for t in b.values())
-        return {"seconds": time.perf_counter() - start, "buckets": len(buckets), "bytes": size}
+        gathered = time.perf_counter() - start
+        reports = [e.update_weights(*buckets) for e in engines or [self.engine]]
+        return SyncReport(num_buckets=len(buckets), bucket_mib=float(self.cfg.rollout.sync_bucket_mib), gather_s=gathered,
+                          total_s=time.perf_counter() - start, engines=reports)
 
     def save_checkpoint(self, path: Path) -> None:
         self.policy.save_checkpoint(str(path / "policy"))
@@ -114,9 +117,9 @@ class LocalRoles:
 def launch_local_roles(cfg: PPOConfig) -> LocalRoles:
     from karma_ray.rlhf.workers.critic import CriticWorker
     from karma_ray.rlhf.workers.policy import PolicyWorker
-    from karma_ray.rlhf.workers.reference import ReferenceWorker
+    from karma_ray.engines.scorer import LogprobScorer
     from karma_ray.rlhf.workers.reward import RewardWorker
-    from karma_ray.rlhf.workers.rollout import HFRollout, VLLMRollout
+    from karma_ray.engines.rollout import HFRollout, VLLMRollout
 
     if cfg.policy.num_workers != 1 or (cfg.algo.uses_critic and cfg.critic.num_workers != 1) or cfg.rollout.num_engines != 1:
         raise ValueError("the local backend runs one worker per role (policy/critic num_workers=1, rollout.num_engines=1)")
@@ -124,7 +127,7 @@ def launch_local_roles(cfg: PPOConfig) -> LocalRoles:
     dist = {"rank": 0, "world_size": 1, "master_addr": "127.0.0.1", "master_port": port}
     policy = PolicyWorker(cfg.model, cfg.policy, cfg.algo, seed=cfg.run.seed, **dist)
     critic = CriticWorker(cfg.model, cfg.critic, cfg.algo, seed=cfg.run.seed, **dist) if cfg.algo.uses_critic else None
-    reference = ReferenceWorker(cfg.model, seed=cfg.run.seed, micro_batch_size=cfg.reference.micro_batch_size)
+    reference = LogprobScorer(**reference_scorer_kwargs(cfg))
     rewards = [RewardWorker(s.path, name=s.name, batch_size=cfg.reward.batch_size) for s in cfg.reward.models]
     engine_cls = VLLMRollout if cfg.rollout.engine == "vllm" else HFRollout
     engine = engine_cls(cfg.model.policy, cfg.rollout, seed=cfg.run.seed, dtype=cfg.model.dtype)

@@ -63,9 +63,12 @@ def check_prompt_source(cfg: PromptConfig) -> None:
     """Cheap existence checks, run before any Ray resource is taken."""
     path = Path(cfg.path)
     if cfg.source == "prepared":
-        split_dir = path / "examples" / f"split={cfg.split}"
-        if not split_dir.is_dir():
-            raise PromptError(f"{split_dir} does not exist (prompts.path must be a `karma prepare` output)")
+        from karma_ray.data.corpus import CorpusError, PreparedCorpus
+
+        try:
+            PreparedCorpus.open(path, splits=(cfg.split,))
+        except CorpusError as err:
+            raise PromptError(f"prompts.path: {err}") from None
     elif not path.is_file():
         raise PromptError(f"prompt file {path} does not exist")
     elif path.suffix not in (".jsonl", ".json", ".parquet"):
@@ -75,10 +78,12 @@ def check_prompt_source(cfg: PromptConfig) -> None:
 def _read_prepared(path: Path, split: str) -> list[dict]:
     import pyarrow.parquet as pq
 
-    split_dir = path / "examples" / f"split={split}"
-    files = sorted(split_dir.glob("*.parquet"))
+    from karma_ray.data.corpus import PreparedCorpus
+
+    corpus = PreparedCorpus(path)
+    files = corpus.example_files(split)
     if not files:
-        raise PromptError(f"no parquet files in {split_dir}")
+        raise PromptError(f"no parquet files in {corpus.examples_dir(split)}")
     columns = ["id", "context", *PROMPT_METADATA_COLUMNS]
     rows: list[dict] = []
     for f in files:

@@ -5,7 +5,7 @@ with its resources from the config (nothing hard-coded in a decorator), waits un
 and returns `Roles`. Modes are resolved here: a critic-free estimator gets no critic actors and
 `critic_values`/critic `train_step` become no-ops, so the driver's loop has no branches.
 
-Rollout engines and reward models live in `ActorPool`s: an actor that died is relaunched with the
+Rollout engines and reward models live in `ActorPool`s (karma_ray.actors): an actor that died is relaunched with the
 same options, the engine resynced, and the call retried (bounded by run.max_actor_restarts).
 """
 
@@ -19,86 +19,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from karma_ray.actors import ActorPool, RestartBudget
 from karma_ray.rlhf.config import PPOConfig
 from karma_ray.rlhf.placement import Placement, RoleRequest, check_fits, create_placement, plan_placement
-from karma_ray.types import Generations, SamplingSettings
+from karma_ray.engines.weight_sync import SyncReport, sync_weights
+from karma_ray.types import CriticStats, Generations, PolicyStats, SamplingSettings
 
-
-
-class ActorPool:
-    """N actors made by `launch(i)`; `run(call)` fans a call out and replaces actors that died.
-
-    `call(actor, i)` returns an ObjectRef. When an actor is dead (ActorDiedError / unavailable), it is
-    relaunched, `on_replace(i, actor)` runs (e.g. a weight resync), and its call is retried.
-    """
-
-    def __init__(self, role: str, n: int, launch: Callable[[int], Any], restart_budget: "RestartBudget") -> None:
-        import ray
-
-        self.role = role
-        self.launch = launch
-        self.actors = [launch(i) for i in range(n)]
-        self.budget = restart_budget
-        self.on_replace: Optional[Callable[[int, Any], None]] = None
-        ray.get([a.ready.remote() for a in self.actors])
-
-    def submit(self, call: Callable[[Any, int], Any], indices: Optional[list[int]] = None) -> dict[int, Any]:
-        """Fan out: {actor index: ObjectRef}."""
-        indices = list(range(len(self.actors))) if indices is None else indices
-        return {i: call(self.actors[i], i) for i in indices}
-
-    def collect(self, refs: dict[int, Any], call: Callable[[Any, int], Any]) -> list[Any]:
-        """Results in index order; a dead actor is replaced and its call re-submitted."""
-        import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError
-
-        pending, results = dict(refs), {}
-        while pending:
-            i, ref = next(iter(pending.items()))
-            try:
-                results[i] = ray.get(ref)
-                del pending[i]
-            except (ActorDiedError, ActorUnavailableError) as exc:
-                self.replace(i, reason=type(exc).__name__)
-                pending[i] = call(self.actors[i], i)
-        return [results[i] for i in refs]
-
-    def run(self, call: Callable[[Any, int], Any], indices: Optional[list[int]] = None) -> list[Any]:
-        return self.collect(self.submit(call, indices), call)
-
-    def replace(self, i: int, reason: str) -> None:
-        import ray
-
-        self.budget.spend(f"{self.role}[{i}]", reason)
-        try:
-            ray.kill(self.actors[i], no_restart=True)
-        except Exception:  # already gone
-            pass
-        actor = self.launch(i)
-        ray.get(actor.ready.remote())
-        self.actors[i] = actor
-        if self.on_replace is not None:
-            self.on_replace(i, actor)
-
-    def kill(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
-
-
-@dataclass
-class RestartBudget:
-    limit: int
-    used: int = 0
-    log: list = field(default_factory=list)
-
-    def spend(self, who: str, reason: str) -> None:
-        if self.used >= self.limit:
-            raise RuntimeError(f"{who} died ({reason}) and the restart budget (run.max_actor_restarts={self.limit}) is spent")
-        self.used += 1
-        self.log.append({"actor": who, "reason": reason, "time": time.time()})
-        print(f"[karma ppo] replacing {who} ({reason}); restarts so far: {self.used}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,6 +41,13 @@ def role_requests(cfg: PPOConfig) -> list[RoleRequest]:
         RoleRequest("reward", reward_actors, cfg.reward.cpus_per_actor, cfg.reward.gpus_per_actor),
         RoleRequest("rollout", cfg.rollout.num_engines, cfg.rollout.cpus_per_engine, cfg.rollout.gpus_per_engine),
     ]
+
+
+def reference_scorer_kwargs(cfg: PPOConfig) -> dict:
+    """The reference role is a frozen LogprobScorer of model.reference (default: the initial policy),
+    in the policy's dtype, so policy and reference logprobs are comparable."""
+    return {"model_path": cfg.model.reference or cfg.model.policy, "dtype": cfg.model.dtype, "seed": cfg.run.seed,
+            "micro_batch_size": cfg.reference.micro_batch_size, "trust_remote_code": cfg.model.trust_remote_code}
 
 
 def _worker_env() -> dict:
@@ -135,9 +68,9 @@ def launch_roles(cfg: PPOConfig, output_dir: Path) -> "Roles":
     from karma_ray.rlhf.group import WorkerGroup
     from karma_ray.rlhf.workers.critic import CriticWorker
     from karma_ray.rlhf.workers.policy import PolicyWorker
-    from karma_ray.rlhf.workers.reference import ReferenceWorker
+    from karma_ray.engines.scorer import LogprobScorer
     from karma_ray.rlhf.workers.reward import RewardWorker
-    from karma_ray.rlhf.workers.rollout import HFRollout, VLLMRollout
+    from karma_ray.engines.rollout import HFRollout, VLLMRollout
 
     plan = plan_placement(cfg.placement.mode, cfg.placement.strategy, role_requests(cfg))
     if cfg.ray.address is None and not os.environ.get("RAY_ADDRESS"):
@@ -166,9 +99,9 @@ def launch_roles(cfg: PPOConfig, output_dir: Path) -> "Roles":
     critic = group("critic", CriticWorker, cfg.critic) if cfg.algo.uses_critic else None
 
     reference = (
-        ray.remote(ReferenceWorker)
+        ray.remote(LogprobScorer)
         .options(**placement.options_for("reference", 0), runtime_env=env)
-        .remote(cfg.model, seed=cfg.run.seed, micro_batch_size=cfg.reference.micro_batch_size)
+        .remote(**reference_scorer_kwargs(cfg))
     )
 
     engine_cls = VLLMRollout if cfg.rollout.engine == "vllm" else HFRollout
@@ -227,11 +160,6 @@ def merge_generations(parts: list[Generations], offsets: list[int]) -> Generatio
         out.finished += g.finished
         out.group += [off + k for k in g.group]
     return out
-
-
-def _mean_stats(stats: list[dict]) -> dict:
-    keys = {k for s in stats for k in s}
-    return {k: sum(float(s[k]) for s in stats if k in s) / sum(1 for s in stats if k in s) for k in keys}
 
 
 @dataclass
@@ -323,21 +251,20 @@ class Roles:
         return seen
 
     # 7 update
-    def train_step(self, exp_ref: Any, kl_coef: float) -> tuple[dict, dict]:
+    def train_step(self, exp_ref: Any, kl_coef: float) -> tuple[PolicyStats, Optional[CriticStats]]:
+        """Every rank trains; their stats are all-reduced, so rank 0's stand for the group."""
         import ray
 
         p_refs = self.policy.call("train_step", exp_ref, kl_coef=kl_coef)
         c_refs = self.critic.call("train_step", exp_ref) if self.critic is not None else []
         results = ray.get(p_refs + c_refs)
         p, c = results[: len(p_refs)], results[len(p_refs) :]
-        return _mean_stats(p), (_mean_stats(c) if c else {})
+        return p[0], (c[0] if c else None)
 
     # 8 sync
-    def sync_weights(self, engines: Optional[list] = None) -> dict:
+    def sync_weights(self, engines: Optional[list] = None) -> SyncReport:
         """Policy rank 0 streams its weights to the engines. Every other rank runs the same generator
         at the same time (under ZeRO-3 the full tensors are gathered collectively) and yields nothing."""
-        from karma_ray.rlhf.weight_sync import sync_weights
-
         engines = self.rollout.actors if engines is None else engines
         bucket_mib = self.cfg.rollout.sync_bucket_mib
         others = [a.weight_buckets.options(num_returns="streaming").remote(bucket_mib) for a in self.policy.actors[1:]]
@@ -345,13 +272,7 @@ class Roles:
         for stream in others:
             for _ in stream:  # drains; raises if that rank failed
                 pass
-        return {
-            "seconds": report.total_s,
-            "gather_seconds": report.gather_s,
-            "apply_seconds": report.apply_s,
-            "buckets": report.num_buckets,
-            "bytes": report.bytes,
-        }
+        return report
 
     # checkpoints
     def save_checkpoint(self, path: Path) -> None:

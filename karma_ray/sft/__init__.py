@@ -2,6 +2,6 @@
 
     karma sft --data PREPARED --output DIR --config configs/sft/NAME.yaml
 
-`config` (dataclasses), `data` (text -> token batches, the loss mask) and `lineage` (which corpora a
-model has seen) import no Ray; `train` runs the Ray Train loop; `cli` is `karma sft`.
+`config` (dataclasses) and `data` (text -> token batches, the loss mask) import no Ray (lineage, which
+corpora a model has seen, is karma_ray.lineage: PPO and evaluation read it too); `train` runs the Ray Train loop; `cli` is `karma sft`.
 """

@@ -35,15 +35,17 @@ def sft_main(argv: Sequence[str]) -> int:
     if not args.data or not args.output:
         p.error("--data and --output are required")
 
+    from karma_ray.data.corpus import CorpusError
     from karma_ray.sft.data import SFTDataError
-    from karma_ray.sft.lineage import LineageError
-    from karma_ray.sft.train import OutputExistsError, run_sft
+    from karma_ray.lineage import LineageError
+    from karma_ray.sft.train import run_sft
+    from karma_ray.stage import OutputExistsError
 
     try:
         cfg = load_config(SFTConfig, args.config, overrides)
         # run_sft checks the output folder, manifest, model folder, splits and step count before Ray starts
-        result = run_sft(args.data, args.output, cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, SFTDataError, LineageError, OutputExistsError) as exc:
+        result = run_sft(cfg, args.output, data=args.data, resume=args.resume, overwrite=args.overwrite)
+    except (ConfigError, CorpusError, SFTDataError, LineageError, OutputExistsError) as exc:
         print(f"karma sft: error: {exc}", file=sys.stderr)
         return 2
     print(f"karma sft: {result.steps} steps on {result.num_examples:,} examples -> {result.model_dir}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from karma_ray.config import ConfigError, RayConfig, option, section
+from karma_ray.training.config import DeepSpeedConfig
 
 
 @dataclass(frozen=True)
@@ -118,27 +119,13 @@ class SFTScalingConfig:
 
 
 @dataclass(frozen=True)
-class SFTDeepSpeedConfig:
-    zero_stage: Literal[0, 2, 3] = option(
-        0,
-        "0: plain DistributedDataParallel. 2/3: DeepSpeed ZeRO (optimizer+gradient / also parameter "
-        "sharding). On CPU it runs with DS_ACCELERATOR=cpu, gloo and torch AdamW (no op builds).",
-    )
-    offload_optimizer: bool = option(False, "ZeRO: keep optimizer state in CPU memory (GPU runs).")
-
-    def validate(self) -> None:
-        if self.offload_optimizer and self.zero_stage == 0:
-            raise ConfigError("deepspeed.offload_optimizer needs deepspeed.zero_stage 2 or 3")
-
-
-@dataclass(frozen=True)
 class SFTConfig:
     model: SFTModelConfig = section(SFTModelConfig, "The base model and tokenizer.")
     data: SFTDataConfig = section(SFTDataConfig, "Which prepared examples are trained on, and how they become tokens.")
     optim: SFTOptimConfig = section(SFTOptimConfig, "Optimizer and learning-rate schedule.")
     train: SFTTrainConfig = section(SFTTrainConfig, "Steps, batches, logging, checkpoints, fault tolerance.")
     scaling: SFTScalingConfig = section(SFTScalingConfig, "Ray Train workers.")
-    deepspeed: SFTDeepSpeedConfig = section(SFTDeepSpeedConfig, "DeepSpeed ZeRO (off by default).")
+    deepspeed: DeepSpeedConfig = section(DeepSpeedConfig, "DeepSpeed ZeRO (off by default).")
     ray: RayConfig = section(RayConfig, "The Ray cluster.")
 
     def validate(self) -> None:

@@ -129,15 +129,11 @@ def reply_nll(logits: torch.Tensor, batch: SFTBatch) -> tuple[torch.Tensor, torc
 
 
 def split_dirs(prepared_dir: str | os.PathLike, splits: Sequence[str]) -> list[Path]:
-    """DATA/examples/split=NAME folders, each checked to hold Parquet files."""
-    root = Path(prepared_dir)
-    out = []
-    for split in splits:
-        folder = root / "examples" / f"split={split}"
-        if not folder.is_dir() or not any(folder.rglob("*.parquet")):
-            raise SFTDataError(f"no Parquet files for split '{split}' under {folder} (is {root} a `karma prepare` output?)")
-        out.append(folder)
-    return out
+    """DATA/examples/split=NAME folders, each checked to hold Parquet files (CorpusError if not)."""
+    from karma_ray.data.corpus import PreparedCorpus
+
+    corpus = PreparedCorpus.open(prepared_dir, splits=splits)
+    return [corpus.examples_dir(split) for split in splits]
 
 
 def keep_rows(table: pa.Table, cfg: SFTDataConfig, max_id: str | None = None) -> pa.Table:

@@ -17,7 +17,6 @@ workers after a failure (train.max_failures).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -31,15 +30,15 @@ from typing import Optional, Sequence
 import torch
 
 from karma_ray.config import save_resolved, to_dict
-from karma_ray.sft import lineage as lin
+from karma_ray import lineage as lin
 from karma_ray.sft.config import SFTConfig
+from karma_ray.data.corpus import PreparedCorpus
+from karma_ray.training.faults import forwarded_env
 from karma_ray.sft.data import ROW_COLUMNS, SFTBatch, SFTDataError, keep_rows, make_batch, reply_nll, split_dirs, training_set, validation_rows
 from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 
 MODEL_DIR = "model"  # inside a checkpoint and inside the run folder: a plain Hugging Face folder
 TRAINER_STATE = "trainer_state.json"
-OPTIMIZER_STATE = "optimizer.pt"
-DEEPSPEED_DIR = "deepspeed"
 RUN_NAME = "sft"
 
 
@@ -120,11 +119,12 @@ class StepStats:
 
 
 class SFTLearner:
-    """Model + optimizer of one replica. With torch.distributed initialized (Ray Train does it) the
-    model is wrapped in DDP, or handed to DeepSpeed when deepspeed.zero_stage is 2 or 3."""
+    """Model + optimizer of one replica: a karma_ray.training.Learner (DDP, or DeepSpeed ZeRO-2/3
+    when deepspeed.zero_stage is 2 or 3) around the HF causal LM, with the reply-token loss."""
 
     def __init__(self, cfg: SFTConfig, total: int, device: torch.device | str = "cpu"):
         from karma_ray.models.hf import load_causal_lm, load_tokenizer
+        from karma_ray.training.learner import Learner
 
         self.cfg = cfg
         self.total = total
@@ -133,45 +133,15 @@ class SFTLearner:
         model = load_causal_lm(cfg.model.path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        model.to(self.device).train()
+        model.train()
         self.module = model  # the bare HF model (what is saved)
         opt = cfg.optim
-        optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, opt.warmup_steps, self.total, opt.schedule)
+        self.learner = Learner(
+            model, [{"params": list(model.parameters()), "lr": opt.lr}], deepspeed=cfg.deepspeed,
+            micro_batch_size=cfg.train.batch_size, grad_accum=cfg.train.grad_accum, grad_clip=opt.max_grad_norm or 0.0,
+            schedule=lambda s: lr_factor(s, opt.warmup_steps, self.total, opt.schedule), betas=tuple(opt.betas),
+            weight_decay=opt.weight_decay, dtype=getattr(torch, cfg.model.dtype), device=self.device,
         )
-        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.rank = torch.distributed.get_rank() if self.distributed else 0
-        self.engine = None
-        if cfg.deepspeed.zero_stage:
-            import deepspeed
-
-            # torch AdamW, not DeepSpeed's fused/cpu Adam: no C++ op build (STACK.md), hence the flag.
-            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-                model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config(),
-                dist_init_required=not self.distributed,
-            )
-            self.model = self.engine
-        else:
-            self.optimizer, self.scheduler = optimizer, scheduler
-            self.model = torch.nn.parallel.DistributedDataParallel(model) if self.distributed else model
-
-    def _deepspeed_config(self) -> dict:
-        c = self.cfg
-        zero: dict = {"stage": c.deepspeed.zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
-        if c.deepspeed.offload_optimizer:
-            zero["offload_optimizer"] = {"device": "cpu"}
-        return {
-            "train_micro_batch_size_per_gpu": c.train.batch_size,
-            "gradient_accumulation_steps": c.train.grad_accum,
-            "gradient_clipping": c.optim.max_grad_norm or 0.0,
-            "zero_optimization": zero,
-            "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": c.model.dtype == "bfloat16"},
-            "fp16": {"enabled": c.model.dtype == "float16"},
-            "steps_per_print": 1 << 30,
-            "wall_clock_breakdown": False,
-        }
 
     def batch(self, contexts: Sequence[str], replies: Sequence[str]) -> SFTBatch:
         return make_batch(self.tokenizer, contexts, replies, self.cfg.data)
@@ -186,41 +156,25 @@ class SFTLearner:
     def train_step(self, micro_batches: Sequence[SFTBatch]) -> StepStats:
         """One optimizer step over `grad_accum` micro-batches; each micro-batch's loss is its
         token-mean reply NLL, averaged over micro-batches (and over workers by DDP/ZeRO)."""
-        nll_total, target_total = 0.0, 0
-        n = len(micro_batches)
-        for i, b in enumerate(micro_batches):
-            if self.engine is not None:
-                nll_sum, count = self._nll(self.engine, b)
-                self.engine.backward(nll_sum / count.clamp(min=1))  # DeepSpeed divides by grad_accum itself
-                self.engine.step()  # steps the optimizer at the accumulation boundary only
-            else:
-                sync = self.distributed and i < n - 1
-                with self.model.no_sync() if sync else contextlib.nullcontext():
-                    nll_sum, count = self._nll(self.model, b)
-                    (nll_sum / count.clamp(min=1) / n).backward()
-            nll_total += float(nll_sum.detach())
-            target_total += int(count)
-        if self.engine is not None:
-            grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
-        else:
-            max_norm = self.cfg.optim.max_grad_norm or float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+
+        def loss_fn(model, b: SFTBatch):
+            nll_sum, count = self._nll(model, b)
+            return nll_sum / count.clamp(min=1), (float(nll_sum.detach()), int(count))
+
+        step = self.learner.step(micro_batches, loss_fn)
         return StepStats(
-            nll_sum=nll_total,
-            target_tokens=target_total,
+            nll_sum=sum(nll for nll, _ in step.outputs),
+            target_tokens=sum(count for _, count in step.outputs),
             tokens=sum(b.num_tokens for b in micro_batches),
             examples=sum(b.input_ids.shape[0] for b in micro_batches),
-            grad_norm=grad_norm,
-            lr=float(self.scheduler.get_last_lr()[0]),
+            grad_norm=step.grad_norm,
+            lr=step.lr,
         )
 
     @torch.no_grad()
     def eval_sums(self, contexts: Sequence[str], replies: Sequence[str]) -> tuple[float, int]:
         """(reply NLL sum, reply tokens) over examples, batch_size at a time, weights unchanged."""
-        model = self.engine if self.engine is not None else self.module
+        model = self.learner.model
         was_training = model.training
         model.eval()
         nll_total, count_total = 0.0, 0
@@ -233,40 +187,28 @@ class SFTLearner:
         return nll_total, count_total
 
     def save(self, folder: Path, writer: bool) -> None:
-        """HF weights + tokenizer (writer only) and optimizer state into `folder`.
-
-        Under ZeRO-3 the weights are sharded: every rank takes part in gathering them. DeepSpeed's own
-        checkpoint writes each rank's optimizer shard; Ray Train merges the workers' folders."""
-        state_dict = None
-        if self.engine is not None and self.cfg.deepspeed.zero_stage == 3:
-            state_dict = self.engine._zero3_consolidated_16bit_state_dict()
+        """HF weights + tokenizer (writer only) and the optimizer's checkpoint into `folder`; every
+        rank calls it (ZeRO-3 gathers the weights, each rank writes its ZeRO partition)."""
+        state_dict = self.learner.full_state_dict() if self.learner.zero_stage == 3 else None
         if writer:
             self.module.save_pretrained(folder / MODEL_DIR, safe_serialization=True, state_dict=state_dict)
             self.tokenizer.save_pretrained(folder / MODEL_DIR)
-        if self.engine is not None:
-            self.engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag="state", save_latest=False)
-        elif writer:
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, folder / OPTIMIZER_STATE)
+        self.learner.save(folder, writer)
 
     def load(self, folder: Path) -> None:
-        if self.engine is not None:
-            self.engine.load_checkpoint(str(folder / DEEPSPEED_DIR), tag="state")
-            return
-        from safetensors.torch import load_file
+        if self.learner.engine is None:
+            from safetensors.torch import load_file
 
-        weights = sorted((folder / MODEL_DIR).glob("*.safetensors"))
-        state: dict = {}
-        for w in weights:
-            state.update(load_file(str(w)))
-        missing, unexpected = self.module.load_state_dict(state, strict=False)
-        # tied weights are saved once; anything else missing means a different architecture
-        tied = getattr(self.module, "_tied_weights_keys", None) or ()
-        missing = [k for k in missing if k not in tied]
-        if unexpected or missing:
-            raise RuntimeError(f"checkpoint {folder} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        opt = torch.load(folder / OPTIMIZER_STATE, map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
+            state: dict = {}
+            for w in sorted((folder / MODEL_DIR).glob("*.safetensors")):
+                state.update(load_file(str(w)))
+            missing, unexpected = self.module.load_state_dict(state, strict=False)
+            # tied weights are saved once; anything else missing means a different architecture
+            tied = getattr(self.module, "_tied_weights_keys", None) or ()
+            missing = [k for k in missing if k not in tied]
+            if unexpected or missing:
+                raise RuntimeError(f"checkpoint {folder} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.learner.load(folder)  # under DeepSpeed: the module too
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,7 +353,8 @@ def train_loop_per_worker(config: dict) -> None:
 @dataclass(frozen=True)
 class SFTResult:
     output: Path
-    model_dir: Path
+    model_dir: Path  # an HF folder with its lineage.json (and the trained-on ids)
+    metrics_path: Path  # metrics.json: steps, tokens, val loss before/after, the train curve
     steps: int
     num_examples: int
     val_loss_before: Optional[float]
@@ -457,16 +400,16 @@ def check_cluster_cpus(cfg: SFTConfig, cluster_cpus: float) -> None:
         )
 
 
-def run_sft(prepared_dir: str | os.PathLike, output: str | os.PathLike, cfg: SFTConfig, resume: bool = False, overwrite: bool = False) -> SFTResult:
+def run_sft(cfg: SFTConfig, output: str | os.PathLike, *, data: str | os.PathLike, resume: bool = False,
+            overwrite: bool = False) -> SFTResult:
     """Check inputs, train on Ray, export DIR/model + metrics.json + lineage.json. Everything that can
-    fail on bad input fails before Ray starts."""
+    fail on bad input fails before Ray starts (CorpusError, SFTDataError, OutputExistsError)."""
     from karma_ray.models.hf import absolute_if_local
 
     # Workers run in Ray Train's own working directory: make local paths absolute first.
     cfg = replace(cfg, model=replace(cfg.model, path=absolute_if_local(cfg.model.path), tokenizer=absolute_if_local(cfg.model.tokenizer)))
-    prepared_dir = Path(prepared_dir).resolve()
+    prepared_dir = PreparedCorpus.open(data, splits=cfg.data.splits).root
     out = check_output(output, resume, overwrite)
-    lin.manifest_file(prepared_dir)
     check_model(cfg.model.path)
     train_dirs = split_dirs(prepared_dir, cfg.data.splits)
     train_set = training_set(prepared_dir, cfg.data)
@@ -490,7 +433,7 @@ def run_sft(prepared_dir: str | os.PathLike, output: str | os.PathLike, cfg: SFT
     dataset = ray.data.read_parquet([str(d) for d in train_dirs], columns=ROW_COLUMNS, num_cpus=cfg.data.read_cpus).map_batches(
         keep_rows, batch_format="pyarrow", fn_kwargs={"cfg": cfg.data, "max_id": train_set.max_id}, num_cpus=cfg.data.read_cpus
     )
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **forwarded_env()}
     if cfg.deepspeed.zero_stage and not cfg.scaling.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on CPU with gloo (STACK.md)
     trainer = TorchTrainer(
@@ -549,4 +492,4 @@ def export(checkpoint, out: Path, prepared_dir: str | os.PathLike, cfg: SFTConfi
     before = state.val_before["loss"] if state.val_before else None
     after = state.val_after["loss"] if state.val_after else None
     print(f"[sft] exported {model_dir} ({state.step} steps); val loss {before} -> {after}", flush=True)
-    return SFTResult(out, model_dir, state.step, len(ids), before, after)
+    return SFTResult(out, model_dir, out / "metrics.json", state.step, len(ids), before, after)

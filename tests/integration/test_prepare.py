@@ -42,7 +42,7 @@ def rc_2005_12(ray_cluster, tmp_path_factory):
     src = need_shared(PUSHSHIFT / "RC_2005-12.zst")
     out = tmp_path_factory.mktemp("rc0512")
     cfg = load_config(PrepareConfig)
-    return src, out, run_prepare([str(src)], str(out), cfg, overwrite=True)
+    return src, out, run_prepare(cfg, str(out), inputs=[str(src)], overwrite=True).manifest
 
 
 def test_real_dump_counts_add_up(rc_2005_12):
@@ -104,7 +104,7 @@ def test_subreddit_z_uses_train_statistics(rc_2005_12):
 
 def test_convokit_sample(ray_cluster, tmp_path):
     folder = need_shared(CONVOKIT)
-    m = run_prepare([str(folder)], str(tmp_path / "out"), load_config(PrepareConfig, None, ["filters.min_settle_seconds=0"]), overwrite=True)
+    m = run_prepare(load_config(PrepareConfig, None, ["filters.min_settle_seconds=0"]), str(tmp_path / "out"), inputs=[str(folder)], overwrite=True).manifest
     assert m.records_read == 1519 - 50 and m.submissions_read == 50
     assert m.invariant_holds and m.examples_written > 1000
     assert m.threads == 50 and m.threads_without_submission == 0 and m.dangling_parents == 0
@@ -127,7 +127,7 @@ def test_bad_inputs_are_counted_not_fatal(ray_cluster, tmp_path):
                                                                "score": 1, "created_utc": 1_400_000_000}) + b"\n" for i in range(20000)])
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     (src / "RC_2015-02.zst").write_bytes(cut.read_bytes())
-    m = run_prepare([str(src)], str(tmp_path / "out"), load_config(PrepareConfig, None, ["filters.min_settle_seconds=0"]), overwrite=True)
+    m = run_prepare(load_config(PrepareConfig, None, ["filters.min_settle_seconds=0"]), str(tmp_path / "out"), inputs=[str(src)], overwrite=True).manifest
     assert m.invariant_holds
     assert m.malformed["bad_json"] == 1 and m.malformed["invalid_utf8"] == 1
     assert m.malformed["not_an_object"] == 1 and m.malformed["missing_field:score"] == 1

@@ -33,7 +33,7 @@ def examples(out):
 def synthetic(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     truth = write_synthetic_corpus(root / "corpus", 6000, seed=3)
-    manifest = run_prepare([str(root / "corpus")], str(root / "prepared"), cfg(), overwrite=True)
+    manifest = run_prepare(cfg(), str(root / "prepared"), inputs=[str(root / "corpus")], overwrite=True).manifest
     return root, truth, manifest
 
 
@@ -90,7 +90,7 @@ def test_plain_jsonl_split_into_byte_ranges_gives_the_same_examples(synthetic, t
     for f in sorted((root / "corpus").glob("R?_*.zst")):
         (src / (f.stem + ".jsonl")).write_bytes(_decompressed(f))
     # 1 MiB chunks: each multi-MiB comment file is read by several range tasks in parallel
-    m2 = run_prepare([str(src)], str(tmp_path / "out"), cfg("read.chunk_mib=1"), overwrite=True)
+    m2 = run_prepare(cfg("read.chunk_mib=1"), str(tmp_path / "out"), inputs=[str(src)], overwrite=True).manifest
     assert (m2.records_read, m2.records_malformed, m2.dropped, m2.examples_written, m2.pairs_written) == (
         m.records_read, m.records_malformed, m.dropped, m.examples_written, m.pairs_written)
     a, b = examples(root / "prepared"), examples(tmp_path / "out")
@@ -115,7 +115,7 @@ def test_parquet_input_with_pushshift_fields(synthetic, tmp_path, shuffle):
     (tmp_path / "pq").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pq" / "RC_comments.parquet")
     inputs = [str(tmp_path / "pq" / "RC_comments.parquet"), *map(str, sorted((root / "corpus").glob("RS_*.zst")))]
-    m3 = run_prepare(inputs, str(tmp_path / "out"), cfg(f"shuffle={shuffle}"), overwrite=True)
+    m3 = run_prepare(cfg(f"shuffle={shuffle}"), str(tmp_path / "out"), inputs=inputs, overwrite=True).manifest
     assert m3.records_read == len(rows)
     assert m3.examples_written == m.examples_written == truth.clean_comments
     assert (m3.pairs_written, m3.splits) == (m.pairs_written, m.splits)

@@ -6,7 +6,7 @@ import pytest
 
 from karma_ray.reward.cli import train_rm_main
 from karma_ray.reward.scorer import RewardScorer
-from karma_ray.reward.train import KILL_MARKER
+from karma_ray.training import faults
 
 pytestmark = pytest.mark.ray
 
@@ -57,17 +57,18 @@ def test_resume_continues_from_the_checkpointed_epoch(ray_cluster, prepared_synt
     assert [h["global_step"] for h in second["history"]] == [19, 38, 57]
 
 
-def test_a_killed_worker_is_recovered_from_the_last_checkpoint(ray_cluster, prepared_synthetic, tmp_path):
+def test_a_killed_worker_is_recovered_from_the_last_checkpoint(ray_cluster, prepared_synthetic, tmp_path, monkeypatch):
     out = tmp_path / "rm"
+    monkeypatch.setenv(faults.ENV, "25:1")  # rank 1 SIGKILLs itself after step 25 (test-only, not a config key)
     # 2 workers x 320 examples at batch 32 = 10 steps per epoch: step 25 is inside epoch 3. Ray Train
     # registers a reported checkpoint when its controller next polls the workers (every 2 s), so a
     # worker dying within ~2 s of a report may fall back to the checkpoint before it: epoch 1 or 2 here.
     metrics, summary = train(
         prepared_synthetic, out, "input.variant=meta", "scaling.num_workers=2", "train.max_train_examples=640",
-        "train.epochs=3", "scaling.max_failures=1", "debug.kill_worker_at_step=25", "debug.kill_rank=1",
+        "train.epochs=3", "scaling.max_failures=1",
         "train.select_checkpoint=last",
     )
-    assert "global step 25" in (out / KILL_MARKER).read_text()  # the worker did die
+    assert "killed rank 1 after step 25" in (out / faults.MARKER).read_text()  # the worker did die
     assert summary["epochs_run"] == 3 and summary["resumed_from_epoch"] in (1, 2)  # restarted from a checkpoint
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
     assert summary["history"][-1]["global_step"] == 30  # no step lost or repeated in the record

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from karma_ray.models.hf import load_tokenizer
 from karma_ray.models.tiny import save_tiny_llama, train_bpe_tokenizer
-from karma_ray.rlhf.config import RolloutConfig
-from karma_ray.rlhf.weight_sync import CheckpointWeightSource, WeightSyncError, checkpoint_tensor_index, sync_weights
-from karma_ray.rlhf.workers.rollout import HFRollout, VLLMRollout
+from karma_ray.engines.config import RolloutConfig
+from karma_ray.engines.weight_sync import CheckpointWeightSource, WeightSyncError, checkpoint_tensor_index, sync_weights
+from karma_ray.engines.rollout import HFRollout, VLLMRollout
 from karma_ray.types import SamplingSettings
 
 pytestmark = pytest.mark.ray
@@ -102,11 +102,11 @@ def test_sync_moves_both_engines_to_the_new_weights(ray_cluster, actors, model_d
     index = checkpoint_tensor_index(model_dir)
     total_bytes = sum(math.prod(shape) * 4 for _, shape in index.values())
     assert report.num_buckets == first.num_buckets >= 3  # 2.3 MB in 1 MiB buckets
-    assert [e["engine"] for e in report.engines] == ["vllm", "hf"]
+    assert [e.engine for e in report.engines] == ["vllm", "hf"]
     for e in report.engines:
-        assert e["buckets"] == report.num_buckets and e["tensors"] == len(index) and e["bytes"] == total_bytes
-        assert not e["partial"]
-    assert report.engines[0]["version"] == first.engines[0]["version"] + 1
+        assert e.buckets == report.num_buckets and e.tensors == len(index) and e.bytes == total_bytes
+        assert not e.partial
+    assert report.engines[0].version == first.engines[0].version + 1
 
     # the old samples have different logprobs under the new weights: the sync changed something
     moved = max_abs_diff(old_v.sampling_logprobs, recompute(ray, source, old_v))
@@ -129,7 +129,7 @@ def test_partial_update_reaches_vllm(ray_cluster, actors):
     names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"]
     ray.get(source.perturb.remote(0.3, seed=2, names=names))
     report = ray.get(vllm.update_weights.remote(source.tensors.remote(names)))
-    assert report["partial"] and report["tensors"] == 2 and report["carried"] == 19  # 21 tensors in all
+    assert report.partial and report.tensors == 2 and report.carried == 19  # 21 tensors in all
     after = ray.get(vllm.generate.remote(PROMPTS, s))
     assert max_abs_diff(before.sampling_logprobs, recompute(ray, source, before)) > 0.1
     assert max_abs_diff(after.sampling_logprobs, recompute(ray, source, after)) < 1e-4

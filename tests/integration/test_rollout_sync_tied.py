@@ -7,9 +7,9 @@ that module runs, so this test's engine could not be placed there.
 import pytest
 
 from karma_ray.models.tiny import save_tiny_llama, train_bpe_tokenizer
-from karma_ray.rlhf.config import RolloutConfig
-from karma_ray.rlhf.weight_sync import CheckpointWeightSource, checkpoint_tensor_index, sync_weights
-from karma_ray.rlhf.workers.rollout import VLLMRollout
+from karma_ray.engines.config import RolloutConfig
+from karma_ray.engines.weight_sync import CheckpointWeightSource, checkpoint_tensor_index, sync_weights
+from karma_ray.engines.rollout import VLLMRollout
 from karma_ray.types import SamplingSettings
 
 pytestmark = pytest.mark.ray
@@ -36,7 +36,7 @@ def test_tied_embeddings_sync_reaches_vllm_output_layer(ray_cluster, tmp_path):
         for step in range(3):
             assert ray.get(source.perturb.remote(0.5, seed=step, names=["model.embed_tokens.weight"])) > 0.3
             report = sync_weights(source, [vllm], bucket_mib=1, timeout_s=SYNC_TIMEOUT_S)
-            assert report.engines[0]["ignored"] == 1  # lm_head.weight: the same tensor, sent once as embed_tokens
+            assert report.engines[0].ignored == 1  # lm_head.weight: the same tensor, sent once as embed_tokens
             gens = ray.get(vllm.generate.remote(PROMPTS, s))
             policy = ray.get(source.response_logprobs.remote(gens.prompt_ids, gens.response_ids))
             diffs.append(max(abs(a - b) for ra, rb in zip(gens.sampling_logprobs, policy) for a, b in zip(ra, rb)))

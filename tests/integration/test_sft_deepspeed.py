@@ -32,9 +32,9 @@ def test_zero2_trains_checkpoints_resumes_and_exports(prepared_synthetic, tmp_pa
         "scaling.num_workers=2", "scaling.cpus_per_worker=0.5",
     ]
     out = tmp_path / "run"
-    first = run_sft(prepared_synthetic, out, load_config(SFTConfig, None, [*overrides, "train.max_steps=6"]))
+    first = run_sft(load_config(SFTConfig, None, [*overrides, "train.max_steps=6"]), out, data=prepared_synthetic)
     assert first.steps == 6 and first.val_loss_after < first.val_loss_before - 0.5
-    resumed = run_sft(prepared_synthetic, out, load_config(SFTConfig, None, [*overrides, "train.max_steps=9"]), resume=True)
+    resumed = run_sft(load_config(SFTConfig, None, [*overrides, "train.max_steps=9"]), out, data=prepared_synthetic, resume=True)
     metrics = json.loads((out / "metrics.json").read_text())
     assert resumed.steps == 9 and metrics["restarts"] == 1
     assert [p["step"] for p in metrics["train_curve"]] == [3, 6, 9]

@@ -8,7 +8,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from karma_ray.config import load_config
-from karma_ray.sft import lineage
+from karma_ray import lineage
 from karma_ray.sft.cli import sft_main
 from karma_ray.sft.config import SFTConfig
 from karma_ray.sft.train import run_sft
@@ -37,7 +37,7 @@ def tiny_base(prepared_synthetic, tmp_path_factory):
 def sft_run(prepared_synthetic, tiny_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "run"
     cfg = load_config(SFTConfig, None, [f"model.path={tiny_base}", "train.max_steps=24", *OVERRIDES])
-    result = run_sft(prepared_synthetic, out, cfg)
+    result = run_sft(cfg, out, data=prepared_synthetic)
     metrics = json.loads((out / "metrics.json").read_text())
     return result, metrics
 
@@ -87,15 +87,20 @@ def test_lineage_names_the_corpus_and_separates_exposed_from_unexposed(sft_run, 
         lineage.assert_no_exposure(result.model_dir, manifest)
 
 
-def test_resume_continues_the_step_count(sft_run, prepared_synthetic, tiny_base):
-    """Runs last in this module: it extends the module's run (24 -> 32 steps) through `karma sft --resume`."""
-    result, first = sft_run
-    args = ["--data", str(prepared_synthetic), "--output", str(result.output), "--resume",
-            f"model.path={tiny_base}", "train.max_steps=32", *OVERRIDES]
+def test_resume_continues_the_step_count(prepared_synthetic, tiny_base, tmp_path):
+    """Its own run (12 steps, then `karma sft --resume` to 16), so it holds in any test order and
+    leaves the module's run alone."""
+    out = tmp_path / "run"
+    first = run_sft(load_config(SFTConfig, None, [f"model.path={tiny_base}", "train.max_steps=12", *OVERRIDES]), out,
+                    data=prepared_synthetic)
+    before = json.loads((out / "metrics.json").read_text())
+    assert first.steps == 12 and [p["step"] for p in before["train_curve"]] == [4, 8, 10, 12]
+    args = ["--data", str(prepared_synthetic), "--output", str(out), "--resume",
+            f"model.path={tiny_base}", "train.max_steps=16", *OVERRIDES]
     assert sft_main(args) == 0
-    metrics = json.loads((result.output / "metrics.json").read_text())
-    assert metrics["steps"] == 32 and metrics["restarts"] == 1
-    assert [p["step"] for p in metrics["train_curve"]] == [4, 8, 10, 12, 16, 20, 24, 28, 30, 32]
-    assert metrics["val_before"] == first["val_before"]  # kept from the original start
-    assert metrics["examples_seen"] == 32 * 2 * 16
-    assert metrics["val_after"]["loss"] < first["val_after"]["loss"] + 0.05
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 16 and metrics["restarts"] == 1
+    assert [p["step"] for p in metrics["train_curve"]] == [4, 8, 10, 12, 16]
+    assert metrics["val_before"] == before["val_before"]  # kept from the original start
+    assert metrics["examples_seen"] == 16 * 2 * 16
+    assert metrics["val_after"]["loss"] < before["val_after"]["loss"] + 0.05

@@ -57,10 +57,10 @@ def test_zero2_over_two_ray_workers_equals_a_plain_update(ray_cluster, workers_t
         remove_placement_group(pg)
     assert stats[0] == stats[1]  # metrics are all-reduced: every rank reports the same numbers
     # ... the speed too: tokens of both ranks (every real token once per epoch), the slowest rank's time
-    assert stats[0]["train_tokens"] == ALGO.ppo_epochs * int(exp.sequences.attention_mask.sum())
+    assert stats[0].update.train_tokens == ALGO.ppo_epochs * int(exp.sequences.attention_mask.sum())
     expected, losses, norms = workers_plain_ppo_update(workers_tiny_llama, exp, TRAINER, ALGO, seed=5)
-    assert stats[0]["loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-5)
-    assert stats[0]["grad_norm"] == pytest.approx(sum(norms) / len(norms), rel=1e-5)
+    assert stats[0].loss == pytest.approx(sum(losses) / len(losses), abs=1e-5)
+    assert stats[0].update.grad_norm == pytest.approx(sum(norms) / len(norms), rel=1e-5)
     assert set(got) == set(expected)
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, atol=1e-5, rtol=1e-5, msg=name)

@@ -71,8 +71,8 @@ def test_smollm2_is_a_real_language_model(smol):
 
 def test_vllm_and_hf_greedy_agree_on_smollm2(smol_dir):
     from karma_ray.models.hf import load_tokenizer
-    from karma_ray.rlhf.config import RolloutConfig
-    from karma_ray.rlhf.workers.rollout import HFRollout, VLLMRollout
+    from karma_ray.engines.config import RolloutConfig
+    from karma_ray.engines.rollout import HFRollout, VLLMRollout
     from karma_ray.types import SamplingSettings
 
     tok = load_tokenizer(SMOL)

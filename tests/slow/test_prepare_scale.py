@@ -17,7 +17,7 @@ def test_100k_synthetic_matches_ground_truth_with_either_shuffle(ray_cluster, tm
     truth = write_synthetic_corpus(tmp_path / "corpus", 100_000, seed=11)
     cfg = load_config(PrepareConfig, REPO / "configs" / "data" / "synthetic.yaml",
                       ["ray.num_cpus=null", "ray.object_store_memory_gb=null", f"shuffle={shuffle}", "read.chunk_mib=4"])
-    m = run_prepare([str(tmp_path / "corpus")], str(tmp_path / "out"), cfg, overwrite=True)
+    m = run_prepare(cfg, str(tmp_path / "out"), inputs=[str(tmp_path / "corpus")], overwrite=True).manifest
     assert m.records_read == truth.comments_written
     assert m.records_malformed == truth.malformed_lines
     assert m.examples_written == truth.clean_comments
@@ -32,7 +32,7 @@ def test_100k_synthetic_matches_ground_truth_with_either_shuffle(ray_cluster, tm
 
 def test_real_2006_01_dump(ray_cluster, tmp_path):
     src = need_shared(PUSHSHIFT / "RC_2006-01.zst")
-    m = run_prepare([str(src)], str(tmp_path / "out"), load_config(PrepareConfig), overwrite=True)
+    m = run_prepare(load_config(PrepareConfig), str(tmp_path / "out"), inputs=[str(src)], overwrite=True).manifest
     assert m.records_read == 3666 and m.invariant_holds
     assert m.dangling_parents == 58 and m.threads == 1173
     assert m.dropped["deleted"] == 471 and m.dropped["removed"] == 57

@@ -47,8 +47,8 @@ def test_zero3_update_gather_and_resume(ray_cluster, workers_tiny_llama, workers
         group.kill()
     assert first[0] == first[1]
     expected, losses, norms = workers_plain_ppo_update(workers_tiny_llama, batches[0], TRAINER, ALGO, seed=1)
-    assert first[0]["loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-5)
-    assert first[0]["grad_norm"] == pytest.approx(sum(norms) / len(norms), rel=1e-5)
+    assert first[0].loss == pytest.approx(sum(losses) / len(losses), abs=1e-5)
+    assert first[0].update.grad_norm == pytest.approx(sum(norms) / len(norms), rel=1e-5)
     saved = load_file(str(tmp_path / "hf" / "model.safetensors"))
     assert set(saved) == set(expected)
     for name, value in expected.items():
@@ -63,8 +63,10 @@ def test_zero3_update_gather_and_resume(ray_cluster, workers_tiny_llama, workers
         assert not [ref for ref in gens[1]]
     finally:
         resumed.kill()
-    for key in ("loss", "policy_loss", "approx_kl", "grad_norm"):
-        assert again[key] == pytest.approx(straight[key], abs=1e-6), key
+    pairs = {"loss": (again.loss, straight.loss), "policy_loss": (again.policy_loss, straight.policy_loss),
+             "approx_kl": (again.approx_kl, straight.approx_kl), "grad_norm": (again.update.grad_norm, straight.update.grad_norm)}
+    for key, (a, b) in pairs.items():
+        assert a == pytest.approx(b, abs=1e-6), key
     straight_weights = load_file(f"{straight_hf}/model.safetensors")
     for name, value in straight_weights.items():
         torch.testing.assert_close(streamed[name], value, atol=1e-6, rtol=0, msg=lambda m, name=name: f"{name}: {m}")

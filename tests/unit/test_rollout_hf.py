@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from karma_ray.models.tiny import save_tiny_llama, train_bpe_tokenizer
-from karma_ray.rlhf.config import RolloutConfig
-from karma_ray.rlhf.weight_sync import CheckpointWeightSource, WeightSyncError
-from karma_ray.rlhf.workers.rollout import HFRollout
+from karma_ray.engines.config import RolloutConfig
+from karma_ray.engines.weight_sync import CheckpointWeightSource, WeightSyncError
+from karma_ray.engines.rollout import HFRollout
 from karma_ray.types import SamplingSettings
 
 SENTENCES = [
@@ -82,8 +82,8 @@ def test_weight_updates_full_partial_and_refused(engine, source):
     assert source.perturb(0.05, seed=1) > 0.03  # mean |noise| of N(0, 0.05^2) is 0.04
     report = engine.update_weights(*source.weight_buckets(bucket_mib=0.05))
     n_params = len(source.model.state_dict())
-    assert report["tensors"] == n_params and not report["partial"] and report["buckets"] > 1
-    assert report["bytes"] == sum(t.numel() * 4 for t in source.model.state_dict().values())
+    assert report.tensors == n_params and not report.partial and report.buckets > 1
+    assert report.bytes == sum(t.numel() * 4 for t in source.model.state_dict().values())
     # the old samples now have different logprobs (the weights moved), the new ones match the source
     assert max_abs_diff(before.sampling_logprobs, source.response_logprobs(before.prompt_ids, before.response_ids)) > 0.05
     after = engine.generate(PROMPTS, s)
@@ -94,7 +94,7 @@ def test_weight_updates_full_partial_and_refused(engine, source):
     source.perturb(0.3, seed=2, names=names)
     partial = source.tensors(names)
     report = engine.update_weights(partial)
-    assert report["partial"] and report["tensors"] == 2 and report["carried"] == n_params - 2
+    assert report.partial and report.tensors == 2 and report.carried == n_params - 2
     again = engine.generate(PROMPTS, s)
     assert max_abs_diff(again.sampling_logprobs, source.response_logprobs(again.prompt_ids, again.response_ids)) < 1e-5
 

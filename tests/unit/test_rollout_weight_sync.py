@@ -1,4 +1,4 @@
-"""karma_ray.rlhf.weight_sync without Ray or vLLM: bucket boundaries by hand, update validation,
+"""karma_ray.engines.weight_sync without Ray or vLLM: bucket boundaries by hand, update validation,
 the staged checkpoint a vLLM engine reloads from (partial updates carried over), CPU thread binding."""
 
 import os
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from karma_ray.rlhf.weight_sync import (
+from karma_ray.engines.weight_sync import (
     WeightSyncError,
     check_update,
     checkpoint_tensor_index,
@@ -18,7 +18,7 @@ from karma_ray.rlhf.weight_sync import (
     merge_buckets,
     stage_checkpoint,
 )
-from karma_ray.rlhf.workers.rollout import check_cpu_head_dim, check_prompts, cpu_thread_binding
+from karma_ray.engines.rollout import check_cpu_head_dim, check_prompts, cpu_thread_binding
 from karma_ray.types import SamplingSettings
 
 

@@ -33,7 +33,7 @@ def test_bad_input_exits_2_with_a_message_and_no_ray(prepared, tmp_path, capsys,
     cases = {
         "unknown config key 'train.max_step'": [*base, "--output", str(tmp_path / "o1"), "train.max_step=3"],
         "no manifest": ["--data", str(tmp_path), "--output", str(tmp_path / "o2"), f"model.path={model}"],
-        "no Parquet files for split 'val'": [*base[:3], "--output", str(tmp_path / "o3"), "scaling.num_workers=1"],
+        "examples/split=val": [*base[:3], "--output", str(tmp_path / "o3"), "scaling.num_workers=1"],
         "no config.json": [*base, "--output", str(tmp_path / "o4"), f"model.path={tmp_path}"],
         "no training example passes": [*base, "--output", str(tmp_path / "o5"), "data.min_score=100"],
         "too few for one optimizer step": [*base, "--output", str(tmp_path / "o6"), "train.grad_accum=2"],

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from karma_ray.rlhf.weight_sync import iter_buckets
+from karma_ray.engines.weight_sync import iter_buckets
 
 from karma_ray.algo import aggregate_loss
 from karma_ray.rlhf.workers.distributed import (

@@ -13,7 +13,7 @@ pytest.importorskip("deepspeed")
 from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig  # noqa: E402
 from karma_ray.rlhf.workers.critic import HEAD_FILE, CriticWorker  # noqa: E402
 from karma_ray.rlhf.workers.distributed import free_port  # noqa: E402
-from karma_ray.rlhf.workers.reference import ReferenceWorker  # noqa: E402
+from karma_ray.engines.scorer import LogprobScorer  # noqa: E402
 from karma_ray.types import pack_sequences  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def test_value_loss_falls_and_the_critic_round_trips_through_save_hf(workers_tin
     losses = []
     for _ in range(15):
         exp.values = worker.values(exp.sequences)
-        losses.append(worker.train_step(exp)["value_loss"])
+        losses.append(worker.train_step(exp).value_loss)
     assert losses[-1] < 0.3 * losses[0], losses
     out = worker.save_hf(tmp_path / "critic")
     assert os.path.exists(os.path.join(out, HEAD_FILE))
@@ -63,7 +63,7 @@ def test_reference_logprobs_equal_a_plain_forward_of_each_unpadded_sequence(work
     from karma_ray.models.hf import load_causal_lm
 
     batch = workers_experience(6, seed=4).sequences
-    got = ReferenceWorker(ModelConfig(policy=str(workers_tiny_llama)), micro_batch_size=4).logprobs(batch)  # 2 micro-batches
+    got = LogprobScorer(str(workers_tiny_llama), micro_batch_size=4).logprobs(batch)  # 2 micro-batches
     model = load_causal_lm(workers_tiny_llama).eval()
     P = batch.prompt_len
     for i in range(len(batch)):

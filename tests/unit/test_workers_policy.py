@@ -3,6 +3,7 @@ torch loop, it learns, its weights stream out exactly as saved, and a checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -29,9 +30,10 @@ def weights(worker: PolicyWorker) -> dict[str, torch.Tensor]:
     return {k: v for bucket in worker.weight_buckets(1) for k, v in bucket.items()}
 
 
-def test_train_step_equals_a_plain_torch_update(workers_tiny_llama, workers_experience, workers_plain_ppo_update):
+@pytest.mark.parametrize("zero_stage", [2, 0])
+def test_train_step_equals_a_plain_torch_update(workers_tiny_llama, workers_experience, workers_plain_ppo_update, zero_stage):
     exp = workers_experience(8, seed=0)
-    worker = policy(workers_tiny_llama, seed=3)
+    worker = policy(workers_tiny_llama, dataclasses.replace(TRAINER, zero_stage=zero_stage), seed=3)
     stats = worker.train_step(exp)
     expected, losses, norms = workers_plain_ppo_update(workers_tiny_llama, exp, TRAINER, ALGO, seed=3)
     got = weights(worker)
@@ -40,21 +42,21 @@ def test_train_step_equals_a_plain_torch_update(workers_tiny_llama, workers_expe
     assert moved > 1e-3  # the update did something
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, atol=1e-5, rtol=1e-5, msg=name)
-    assert stats["steps"] == 4  # 2 epochs x 8 / 4
-    assert stats["loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-5)
-    assert stats["grad_norm"] == pytest.approx(sum(norms) / len(norms), rel=1e-5)  # the gradient's scale too
-    assert stats["grad_norm"] > TRAINER.grad_clip and 0 <= stats["clip_frac"] <= 1 and stats["lr"] == TRAINER.lr
+    assert stats.update.steps == 4  # 2 epochs x 8 / 4
+    assert stats.loss == pytest.approx(sum(losses) / len(losses), abs=1e-5)
+    assert stats.update.grad_norm == pytest.approx(sum(norms) / len(norms), rel=1e-5)  # the gradient's scale too
+    assert stats.update.grad_norm > TRAINER.grad_clip and 0 <= stats.clip_frac <= 1 and stats.update.lr == TRAINER.lr
     # Speed accounting: every real token of the batch trained on once per epoch; TFLOP/s from the
     # model's FLOPs per token (karma_ray.rlhf.perf); no MFU on CPU (no known peak).
     from karma_ray.rlhf.perf import FlopsModel
     from karma_ray.models.hf import load_causal_lm
 
     real_tokens = int(exp.sequences.attention_mask.sum())
-    assert stats["train_tokens"] == ALGO.ppo_epochs * real_tokens
+    assert stats.update.train_tokens == ALGO.ppo_epochs * real_tokens
     T = exp.sequences.input_ids.shape[1]
     flops = FlopsModel.of(load_causal_lm(workers_tiny_llama)).train_flops(ALGO.ppo_epochs * real_tokens, T)
-    assert stats["train_tflops"] == pytest.approx(flops / stats["train_s"] / 1e12, rel=1e-9)
-    assert stats["train_s"] > 0 and "mfu" not in stats
+    assert stats.update.train_tflops == pytest.approx(flops / stats.update.train_s / 1e12, rel=1e-9)
+    assert stats.update.train_s > 0 and stats.update.mfu is None
 
 
 def weights_initial(model_dir) -> dict[str, torch.Tensor]:
@@ -76,7 +78,7 @@ def test_positive_advantages_raise_those_tokens_logprobs(workers_tiny_llama, wor
     delta = (exp.old_logprobs - before) * mask
     up, down = exp.advantages > 0, exp.advantages < 0
     assert float(delta[up].mean()) > 0.5 and float(delta[down].mean()) < -0.5
-    assert stats["policy_loss"] < 0  # pi/pi_old moves with the advantage sign
+    assert stats.policy_loss < 0  # pi/pi_old moves with the advantage sign
 
 
 def test_weight_buckets_are_exactly_what_save_hf_writes(workers_tiny_llama, tmp_path):
@@ -102,9 +104,11 @@ def test_weight_buckets_are_exactly_what_save_hf_writes(workers_tiny_llama, tmp_
     assert os.path.exists(os.path.join(out, "tokenizer.json"))
 
 
-def test_checkpoint_resume_continues_exactly(workers_tiny_llama, workers_experience, tmp_path):
+@pytest.mark.parametrize("zero_stage", [2, 0])
+def test_checkpoint_resume_continues_exactly(workers_tiny_llama, workers_experience, tmp_path, zero_stage):
     batches = [workers_experience(8, seed=s) for s in (10, 11, 12)]
-    first = policy(workers_tiny_llama, seed=7)
+    trainer = dataclasses.replace(TRAINER, zero_stage=zero_stage)
+    first = policy(workers_tiny_llama, trainer, seed=7)
     for exp in batches[:2]:
         first.train_step(exp)
     first.save_checkpoint(tmp_path / "ckpt")
@@ -112,11 +116,13 @@ def test_checkpoint_resume_continues_exactly(workers_tiny_llama, workers_experie
     straight = first.train_step(batches[2])
     straight_weights = weights(first)
 
-    resumed = policy(workers_tiny_llama, seed=123)  # a different seed: everything must come from the checkpoint
+    resumed = policy(workers_tiny_llama, trainer, seed=123)  # a different seed: everything must come from the checkpoint
     resumed.load_checkpoint(tmp_path / "ckpt")
     again = resumed.train_step(batches[2])
-    for key in ("loss", "policy_loss", "approx_kl", "grad_norm"):
-        assert again[key] == pytest.approx(straight[key], abs=1e-6), key
+    pairs = {"loss": (again.loss, straight.loss), "policy_loss": (again.policy_loss, straight.policy_loss),
+             "approx_kl": (again.approx_kl, straight.approx_kl), "grad_norm": (again.update.grad_norm, straight.update.grad_norm)}
+    for key, (a, b) in pairs.items():
+        assert a == pytest.approx(b, abs=1e-6), key
     got = weights(resumed)
     for name, value in straight_weights.items():
         torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0, msg=name)

@@ -20,20 +20,15 @@ import torch
 from karma_ray.algo import aggregate_loss, value_loss
 from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig
 from karma_ray.rlhf.perf import FlopsModel, device_peak_flops
+from karma_ray.engines.forward import disable_dropout, resolve_device, resolve_dtype, row_chunks, select_rows, sequences_to
 from karma_ray.rlhf.workers.distributed import (
     ZeroTrainer,
     build_engine,
-    disable_dropout,
     init_distributed,
     quiet_deepspeed,
-    resolve_device,
-    resolve_dtype,
-    row_chunks,
     seed_everything,
-    select_rows,
-    sequences_to,
 )
-from karma_ray.types import Experience, SequenceBatch
+from karma_ray.types import CriticStats, Experience, SequenceBatch
 
 HEAD_FILE = "value_head.safetensors"  # beside the backbone's HF files in a critic folder
 HEAD_PREFIX = "value_head."
@@ -138,11 +133,11 @@ class CriticWorker:
             out.append(response_values(per_position, micro).cpu())
         return torch.cat(out)
 
-    def train_step(self, experience: Experience) -> dict[str, float]:
+    def train_step(self, experience: Experience) -> CriticStats:
         """algo.ppo_epochs passes of minibatches with the clipped value loss (algo.value_clip) of the
         current values against experience.returns, clipped around experience.values.
 
-        Returns step averages of value_loss, value_clip_frac, values (mean prediction), grad_norm, lr, steps.
+        Returns CriticStats: step averages of value_loss, value_clip_frac, values (mean prediction), and the update.
         """
         if experience.returns is None or experience.values is None:
             raise ValueError("the critic needs experience.returns and experience.values (a GAE batch)")
@@ -158,7 +153,8 @@ class CriticWorker:
             mean_value = aggregate_loss(values.detach(), seq.response_mask, algo.loss_agg)
             return loss, {"value_loss": loss.detach(), "value_clip_frac": clip_frac, "values": mean_value}
 
-        return self.trainer.train(experience, algo.ppo_epochs, micro_loss)
+        terms, update = self.trainer.train(experience, algo.ppo_epochs, micro_loss)
+        return CriticStats(value_loss=terms["value_loss"], value_clip_frac=terms["value_clip_frac"], values=terms["values"], update=update)
 
     def save_hf(self, path: str | os.PathLike) -> Optional[str]:
         """Rank 0 writes the backbone as an HF folder (loadable with load_backbone) plus

@@ -32,7 +32,9 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from karma_ray.rlhf.perf import FlopsModel, model_flops_utilization
-from karma_ray.types import Experience, SequenceBatch
+from karma_ray.engines.forward import row_chunks, sequences_to
+from karma_ray.training.learner import deepspeed_json, iter_full_state
+from karma_ray.types import Experience, UpdateStats
 
 RNG_FILE = "rng_rank{rank}.pt"
 DS_TAG = "deepspeed"  # the DeepSpeed checkpoint tag: one fixed sub-folder per checkpoint folder
@@ -41,21 +43,6 @@ DS_TAG = "deepspeed"  # the DeepSpeed checkpoint tag: one fixed sub-folder per c
 # ------------------------------------------------------------------------------------------------
 # Devices, dtypes, the process group
 # ------------------------------------------------------------------------------------------------
-
-
-def resolve_device() -> torch.device:
-    """cuda:0 when a GPU is visible (Ray gives each actor its own CUDA_VISIBLE_DEVICES), else CPU."""
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """ModelConfig.dtype -> torch dtype; fp16 on CPU is refused (no CPU fp16 kernels for training)."""
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(dtypes)}")
-    if name == "float16" and device.type == "cpu":
-        raise ValueError("model.dtype=float16 needs a GPU; use float32 or bfloat16 on CPU")
-    return dtypes[name]
 
 
 def free_port() -> int:
@@ -115,18 +102,6 @@ def quiet_deepspeed() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def disable_dropout(module: torch.nn.Module) -> None:
-    """Zero every dropout, as TRL and OpenRLHF do for PPO: the rollout-time logprobs (computed
-    without dropout) must equal the first training forward's, or the ratio starts away from 1.
-    Covers nn.Dropout modules and float attributes such as Llama's `attention_dropout`."""
-    for sub in module.modules():
-        if isinstance(sub, torch.nn.Dropout):
-            sub.p = 0.0
-        for attr, value in list(vars(sub).items()):
-            if "dropout" in attr and isinstance(value, float):
-                setattr(sub, attr, 0.0)
-
-
 def optimizer_param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only, not on biases and norm scales (1-D tensors), the
     usual transformer recipe (BERT, GPT-2, OpenRLHF's get_optimizer_grouped_parameters)."""
@@ -136,26 +111,6 @@ def optimizer_param_groups(module: torch.nn.Module, weight_decay: float) -> list
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
-
-
-def deepspeed_config(
-    zero_stage: int, micro_batch_size: int, grad_accum_steps: int, world_size: int, grad_clip: float, dtype: torch.dtype
-) -> dict[str, Any]:
-    """The DeepSpeed config of a PPO role (everything else at DeepSpeed's defaults)."""
-    return {
-        "train_micro_batch_size_per_gpu": micro_batch_size,
-        "gradient_accumulation_steps": grad_accum_steps,
-        "train_batch_size": micro_batch_size * grad_accum_steps * world_size,
-        "gradient_clipping": grad_clip,  # 0.0: off
-        "zero_optimization": {"stage": zero_stage},
-        "bf16": {"enabled": dtype == torch.bfloat16},
-        "fp16": {"enabled": dtype == torch.float16},
-        # torch AdamW instead of DeepSpeed's fused/cpu Adam: no op to JIT-build on CPU (STACK.md),
-        # and the same update rule a plain torch loop uses (the equivalence tests rely on it).
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
 
 
 def micro_plan(minibatch_size: int, world_size: int, micro_batch_size: int) -> tuple[int, int]:
@@ -173,8 +128,8 @@ def build_engine(module: torch.nn.Module, trainer, minibatch_size: int, world_si
 
     rows, micro_steps = micro_plan(minibatch_size, world_size, trainer.micro_batch_size)
     optimizer = torch.optim.AdamW(optimizer_param_groups(module, trainer.weight_decay), lr=trainer.lr)
-    config = deepspeed_config(
-        trainer.zero_stage, min(trainer.micro_batch_size, rows), micro_steps, world_size, trainer.grad_clip, dtype
+    config = deepspeed_json(
+        trainer.zero_stage, min(trainer.micro_batch_size, rows), micro_steps, trainer.grad_clip, dtype, world_size=world_size
     )
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
     return engine
@@ -183,16 +138,6 @@ def build_engine(module: torch.nn.Module, trainer, minibatch_size: int, world_si
 # ------------------------------------------------------------------------------------------------
 # Batches
 # ------------------------------------------------------------------------------------------------
-
-
-def select_rows(batch: SequenceBatch, index: torch.Tensor) -> SequenceBatch:
-    return SequenceBatch(batch.input_ids[index], batch.attention_mask[index], batch.response_mask[index], batch.prompt_len)
-
-
-def sequences_to(batch: SequenceBatch, device: torch.device) -> SequenceBatch:
-    return SequenceBatch(
-        batch.input_ids.to(device), batch.attention_mask.to(device), batch.response_mask.to(device), batch.prompt_len
-    )
 
 
 def experience_to(exp: Experience, device: torch.device) -> Experience:
@@ -209,12 +154,6 @@ def experience_to(exp: Experience, device: torch.device) -> Experience:
         scores=move(exp.scores),
         info=exp.info,
     )
-
-
-def row_chunks(n: int, size: int) -> Iterator[torch.Tensor]:
-    """Index tensors of consecutive rows [0, size), [size, 2 size), ... of n rows."""
-    for start in range(0, n, size):
-        yield torch.arange(start, min(start + size, n))
 
 
 def loss_count(mask: torch.Tensor, loss_agg: str) -> float:
@@ -265,14 +204,15 @@ class ZeroTrainer:
     def module(self) -> torch.nn.Module:
         return self.engine.module
 
-    def train(self, experience: Experience, epochs: int, micro_loss: MicroLoss) -> dict[str, float]:
+    def train(self, experience: Experience, epochs: int, micro_loss: MicroLoss) -> tuple[dict[str, float], UpdateStats]:
         """`epochs` passes of shuffled minibatches, one optimizer step each (see the module docstring).
 
-        Returns the metrics of `micro_loss` averaged over the optimizer steps (each metric is reduced
-        over a minibatch the way the loss is, then averaged over steps; identical on every rank), plus
-        grad_norm (before clipping), lr and steps, and the speed of the group (`_speed`: wall seconds
-        with the GPU synchronised at both ends, real tokens, model TFLOP/s per worker from
-        karma_ray.rlhf.perf, and MFU where the device's peak is known, i.e. not on CPU).
+        Returns (terms, update): the metrics of `micro_loss` averaged over the optimizer steps (each
+        reduced over a minibatch the way the loss is, then averaged over steps; identical on every
+        rank), which the role turns into its typed stats, and the UpdateStats: grad_norm (before
+        clipping), lr, steps, and the speed of the group (`_speed`: wall seconds with the GPU
+        synchronised at both ends, real tokens, model TFLOP/s per worker from karma_ray.rlhf.perf, and
+        MFU where the device's peak is known, i.e. not on CPU).
         """
         import torch.distributed as dist
 
@@ -310,10 +250,14 @@ class ZeroTrainer:
                     # x world_size: DeepSpeed AVERAGES gradients over ranks, the shares already sum to 1
                     # over ranks; scale_wrt_gas=False: the shares already do the accumulation average.
                     self.engine.backward(loss * (share * self.world_size), scale_wrt_gas=False)
+                    if k == len(chunks) - 1 and self.engine.zero_optimization_stage() == 0:
+                        # Without ZeRO, DeepSpeed clips but does not keep the norm: take it here, after
+                        # the boundary's gradient all-reduce and before the step clips.
+                        stage0_norm = _grad_norm(self.module)
                     self.engine.step()
                     for name, value in metrics.items():
                         sums[name] = sums.get(name, 0.0) + share * value.detach().double()
-                grad_norms.append(self.engine.get_global_grad_norm())
+                grad_norms.append(stage0_norm if self.engine.zero_optimization_stage() == 0 else self.engine.get_global_grad_norm())
         self._synchronize()
         seconds = time.perf_counter() - start
         grad_norms = [float(n) if n is not None else float("nan") for n in grad_norms]
@@ -323,12 +267,10 @@ class ZeroTrainer:
         if totals is not None and self.world_size > 1:
             totals = totals.to(self.device)
             dist.all_reduce(totals)
-        out = {n: float(totals[i]) / steps for i, n in enumerate(names)} if totals is not None else {}
-        out["grad_norm"] = sum(grad_norms) / steps
-        out["lr"] = float(self.engine.optimizer.param_groups[0]["lr"])
-        out["steps"] = float(steps)
-        out.update(self._speed(tokens, flops, seconds))
-        return out
+        terms = {n: float(totals[i]) / steps for i, n in enumerate(names)} if totals is not None else {}
+        update = UpdateStats(grad_norm=sum(grad_norms) / steps, lr=float(self.engine.optimizer.param_groups[0]["lr"]),
+                             steps=steps, **self._speed(tokens, flops, seconds))
+        return terms, update
 
     def _speed(self, tokens: int, flops: float, seconds: float) -> dict[str, float]:
         """The update's speed over the whole group, the same on every rank: train_tokens (real tokens,
@@ -393,21 +335,10 @@ class ZeroTrainer:
         return client_state or {}
 
 
-def iter_full_state(module: torch.nn.Module, zero3: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    """See `ZeroTrainer.full_state`."""
-    seen: set[int] = set()
-    for name, tensor in module.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        if zero3 and hasattr(tensor, "ds_id"):
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
-                full = tensor.detach().to("cpu", copy=True)
-        else:
-            full = tensor.detach().to("cpu", copy=True)
-        yield name, full
+def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
+    """The global L2 norm of the module's gradients (a 0-dim tensor on their device)."""
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,28 +25,16 @@ import torch
 from karma_ray.algo import aggregate_loss, entropy_bonus, entropy_from_logits, kl_loss, ppo_policy_loss
 from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig
 from karma_ray.rlhf.perf import FlopsModel, device_peak_flops
-from karma_ray.rlhf.weight_sync import iter_buckets
+from karma_ray.engines.weight_sync import iter_buckets
+from karma_ray.engines.forward import disable_dropout, resolve_device, resolve_dtype, row_chunks, select_rows, sequences_to, causal_lm_forward
 from karma_ray.rlhf.workers.distributed import (
     ZeroTrainer,
     build_engine,
-    disable_dropout,
     init_distributed,
     quiet_deepspeed,
-    resolve_device,
-    resolve_dtype,
-    row_chunks,
     seed_everything,
-    select_rows,
-    sequences_to,
 )
-from karma_ray.types import Experience, SequenceBatch, response_logprobs
-
-
-def causal_lm_forward(module: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
-    """(B, P + R, V) logits; positions count real tokens only (left padding, as vLLM sees the prompt)."""
-    return module(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False
-    ).logits
+from karma_ray.types import Experience, PolicyStats, SequenceBatch, response_logprobs
 
 
 class PolicyWorker:
@@ -118,7 +106,7 @@ class PolicyWorker:
     # Training
     # --------------------------------------------------------------------------------------------
 
-    def train_step(self, experience: Experience, kl_coef: Optional[float] = None) -> dict[str, float]:
+    def train_step(self, experience: Experience, kl_coef: Optional[float] = None) -> PolicyStats:
         """algo.ppo_epochs passes of minibatches of algo.minibatch_size sequences (one optimizer step
         each) over `experience` (the whole batch, the same on every rank).
 
@@ -126,8 +114,8 @@ class PolicyWorker:
         + entropy_coef * entropy bonus + (kl_placement == "loss") kl_coef * KL(policy || reference).
         `kl_coef` overrides algo.kl_coef (the driver's adaptive controller).
 
-        Returns the step averages of policy_loss, clip_frac, approx_kl (rollout policy vs current),
-        entropy, kl_loss (only with kl_placement="loss"), loss (the total), grad_norm, lr, steps.
+        Returns PolicyStats: the step averages of policy_loss, clip_frac, approx_kl (rollout policy vs
+        current), entropy, kl_loss (only with kl_placement="loss") and loss (the total), and the update.
         """
         algo = self.algo
         coef = algo.kl_coef if kl_coef is None else float(kl_coef)
@@ -158,7 +146,9 @@ class PolicyWorker:
             metrics["loss"] = loss.detach()
             return loss, metrics
 
-        return self.trainer.train(experience, algo.ppo_epochs, micro_loss)
+        terms, update = self.trainer.train(experience, algo.ppo_epochs, micro_loss)
+        return PolicyStats(policy_loss=terms["policy_loss"], clip_frac=terms["clip_frac"], approx_kl=terms["approx_kl"],
+                           entropy=terms["entropy"], loss=terms["loss"], kl_loss=terms.get("kl_loss"), update=update)
 
     # --------------------------------------------------------------------------------------------
     # Weights out

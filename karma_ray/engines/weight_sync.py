@@ -31,6 +31,8 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
+from karma_ray.types import EngineUpdate
+
 MIB = 2**20
 
 # Files of a model folder that a vLLM reload may read besides the weights (config, tokenizer,
@@ -59,16 +61,16 @@ class SyncReport:
     bucket_mib: float
     gather_s: float  # until the source had streamed every bucket
     total_s: float  # until every engine had loaded them
-    engines: list[dict] = field(default_factory=list)  # each engine's `update_weights` report
+    engines: list[EngineUpdate] = field(default_factory=list)  # each engine's `update_weights` report
 
     @property
     def bytes(self) -> int:
-        return int(self.engines[0]["bytes"]) if self.engines else 0
+        return self.engines[0].bytes if self.engines else 0
 
     @property
     def apply_s(self) -> float:
         """The slowest engine's own load time (0 when no engine reported)."""
-        return max((float(e.get("total_s", 0.0)) for e in self.engines), default=0.0)
+        return max((e.total_s for e in self.engines), default=0.0)
 
     def as_metrics(self, prefix: str = "sync/") -> dict[str, float]:
         out = {
@@ -338,7 +340,7 @@ def sync_weights(source_actor, engines: Sequence, bucket_mib: float, timeout_s: 
             f"{len(engines)} did not finish loading {len(refs)} bucket(s) of {bucket_mib} MiB "
             f"(the source streamed them in {gather_s:.1f}s); those engines are in an unknown state: replace them"
         )
-    reports: list[Optional[dict]] = [None] * len(engines)
+    reports: list[Optional[EngineUpdate]] = [None] * len(engines)
     for ref in ready:
         i = pending[ref]
         try:

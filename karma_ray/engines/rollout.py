@@ -11,8 +11,8 @@ temperature 1 and no top-k/top-p that is also the distribution the token was dra
 them with `logprobs_mode="raw_logprobs"` and `logprobs=0` (only the sampled token); HF through a
 recorder in the logits-processor chain, placed before `generate`'s temperature/top-k/top-p warpers.
 
-The classes are plain: the PPO driver applies `ray.remote` (and the CPUs/GPUs of cfg.rollout) at
-launch. vllm and transformers are imported inside the constructors, so importing this module is cheap.
+The classes are plain: the PPO driver and evaluation apply `ray.remote` (and the CPUs/GPUs of
+cfg.rollout) at launch. vllm and transformers are imported inside the constructors, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from karma_ray.rlhf.config import RolloutConfig
-from karma_ray.rlhf.weight_sync import (
+from karma_ray.engines.config import RolloutConfig
+from karma_ray.engines.weight_sync import (
     check_update,
     checkpoint_tensor_index,
     merge_buckets,
     make_staging_dir,
     stage_checkpoint,
 )
-from karma_ray.types import Generations, SamplingSettings
+from karma_ray.types import EngineUpdate, Generations, SamplingSettings
 
 GIB = 2**30
 
@@ -264,7 +264,7 @@ class VLLMRollout:
 
     # -- weights --------------------------------------------------------------------------------
 
-    def update_weights(self, *buckets: dict[str, torch.Tensor]) -> dict:
+    def update_weights(self, *buckets: dict[str, torch.Tensor]) -> EngineUpdate:
         """Load new policy weights (HF names, full tensors); a subset of names is a partial update.
 
         The buckets are written as a safetensors checkpoint (names missing from the update carried
@@ -293,19 +293,11 @@ class VLLMRollout:
             shutil.rmtree(old_dir, ignore_errors=True)
         self.weights_version += 1
         done = time.monotonic()
-        return {
-            "engine": "vllm",
-            "version": self.weights_version,
-            "buckets": len(buckets),
-            "tensors": len(kept),
-            "carried": staged["carried"],
-            "ignored": len(ignored),
-            "partial": staged["carried"] > 0,
-            "bytes": sum(t.numel() * t.element_size() for t in kept.values()),
-            "stage_s": written - start,
-            "reload_s": done - written,
-            "total_s": done - start,
-        }
+        return EngineUpdate(
+            engine="vllm", version=self.weights_version, buckets=len(buckets), tensors=len(kept),
+            carried=staged["carried"], ignored=len(ignored), bytes=sum(t.numel() * t.element_size() for t in kept.values()),
+            total_s=done - start, stage_s=written - start, reload_s=done - written,
+        )
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -457,7 +449,7 @@ class HFRollout:
         return gens
 
     @torch.no_grad()
-    def update_weights(self, *buckets: dict[str, torch.Tensor]) -> dict:
+    def update_weights(self, *buckets: dict[str, torch.Tensor]) -> EngineUpdate:
         """Copy new weights (HF names, full tensors) into the model; a subset is a partial update."""
         start = time.monotonic()
         kept, ignored = check_update(merge_buckets(buckets), self._shapes)
@@ -466,17 +458,11 @@ class HFRollout:
         for name, tensor in kept.items():
             self._params[name].copy_(tensor)
         self.weights_version += 1
-        return {
-            "engine": "hf",
-            "version": self.weights_version,
-            "buckets": len(buckets),
-            "tensors": len(kept),
-            "carried": len(self._shapes) - len(kept),
-            "ignored": len(ignored),
-            "partial": len(kept) < len(self._shapes),
-            "bytes": sum(t.numel() * t.element_size() for t in kept.values()),
-            "total_s": time.monotonic() - start,
-        }
+        return EngineUpdate(
+            engine="hf", version=self.weights_version, buckets=len(buckets), tensors=len(kept),
+            carried=len(self._shapes) - len(kept), ignored=len(ignored),
+            bytes=sum(t.numel() * t.element_size() for t in kept.values()), total_s=time.monotonic() - start,
+        )
 
     def ready(self) -> dict:
         import transformers

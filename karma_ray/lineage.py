@@ -29,10 +29,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from karma_ray.data.corpus import MANIFEST_FILE
+
 LINEAGE_FILE = "lineage.json"
 IDS_FILE = "train_example_ids.parquet"
 FORMAT = "karma_ray.lineage/1"
-MANIFEST_FILE = "manifest.json"
 
 
 class LineageError(ValueError):

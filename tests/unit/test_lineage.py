@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from karma_ray.sft import lineage
+from karma_ray import lineage
 
 
 def make_prepared(folder, inputs, note):
