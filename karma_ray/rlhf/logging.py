@@ -55,8 +55,11 @@ class MetricsLogger:
             f.write(json.dumps(metrics, allow_nan=True) + "\n")
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
         if self._tb is not None:
+            # NaN marks a metric that does not apply (no critic, no known peak FLOP/s): metrics.jsonl
+            # keeps it, TensorBoard leaves the point out (tensorboardX would warn on the console).
             for k, v in scalars.items():
-                self._tb.add_scalar(k, v, step)
+                if math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
             self._tb.flush()
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
