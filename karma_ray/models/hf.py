@@ -67,3 +67,11 @@ def absolute_if_local(path_or_id: Optional[str]) -> Optional[str]:
     if path_or_id and Path(path_or_id).expanduser().exists():
         return str(Path(path_or_id).expanduser().resolve())
     return path_or_id
+
+
+def load_toxicity_classifier(path: str):
+    """The torch toxicity classifier (karma_ray.models.toxicity) from a converted folder or a
+    `packaged:` id such as `packaged:toxicity-jigsaw-bilstm`."""
+    from karma_ray.models.toxicity import ToxicityClassifier
+
+    return ToxicityClassifier.from_pretrained(resolve_model(path))

@@ -125,12 +125,11 @@ class ToxicityClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ToxicityClassifier":
-        """A converted folder, or `packaged:toxicity-jigsaw-bilstm`."""
+        """A converted folder (config.json, vocab.json, model.safetensors); for `packaged:` ids use
+        karma_ray.models.hf.load_toxicity_classifier."""
         from safetensors.torch import load_file
 
-        from karma_ray.models.packaged import resolve_model
-
-        path = Path(resolve_model(str(path)))
+        path = Path(path)
         raw = json.loads((path / "config.json").read_text())
         raw.pop("model_type", None)
         config = ToxicityConfig(**{**raw, "labels": tuple(raw["labels"])})

@@ -97,7 +97,7 @@ def test_toxicity_port_tracks_perspective_on_rtp_continuations():
         pytest.skip("toxic-comment-classifier not installed")
     from scipy.stats import spearmanr
 
-    from karma_ray.models.toxicity import ToxicityClassifier
+    from karma_ray.models.hf import load_toxicity_classifier
 
     root = need_shared(SHARED_DATA / "eval" / "realtoxicityprompts_decodingtrust")
     texts, perspective, unscored = [], [], 0
@@ -109,7 +109,7 @@ def test_toxicity_port_tracks_perspective_on_rtp_continuations():
                 continue
             texts.append(cont["text"])
             perspective.append(cont["toxicity"])
-    scores = ToxicityClassifier.from_pretrained("packaged:toxicity-jigsaw-bilstm").toxicity(texts)
+    scores = load_toxicity_classifier("packaged:toxicity-jigsaw-bilstm").toxicity(texts)
     rho, p = spearmanr(scores, perspective)
     print(f"\nJigsaw BiLSTM vs Perspective toxicity on {len(texts)} RTP continuations "
           f"({unscored} without a Perspective score): Spearman {rho:.3f} (p={p:.1e})")

@@ -86,10 +86,11 @@ def test_tokenizer_unpickler_refuses_code():
 def test_toxicity_port_reproduces_the_package_readme(tmp_path, monkeypatch):
     if importlib.util.find_spec("toxic_classifier") is None:
         pytest.skip("toxic-comment-classifier not installed (make setup installs it --no-deps)")
+    from karma_ray.models.hf import load_toxicity_classifier
     from karma_ray.models.toxicity import ToxicityClassifier
 
     monkeypatch.setenv("KARMA_CACHE", str(tmp_path))  # convert from the package, not a cached copy
-    model = ToxicityClassifier.from_pretrained("packaged:toxicity-jigsaw-bilstm")
+    model = load_toxicity_classifier("packaged:toxicity-jigsaw-bilstm")
     assert sum(p.numel() for p in model.parameters()) == 1_046_156
     texts = [README_TEXT, "What a lovely day in the park."]
     scores = model.predict(texts)
