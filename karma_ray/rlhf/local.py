@@ -9,7 +9,6 @@ only: data parallelism needs processes.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -20,14 +19,9 @@ from karma_ray.rlhf.config import PPOConfig
 from karma_ray.actors import RestartBudget
 from karma_ray.engines.weight_sync import SyncReport
 from karma_ray.rlhf.roles import reference_scorer_kwargs
+from karma_ray.rlhf.workers.distributed import free_port
 from karma_ray.types import CriticStats, PolicyStats
 from karma_ray.types import Generations, SamplingSettings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -123,7 +117,7 @@ def launch_local_roles(cfg: PPOConfig) -> LocalRoles:
 
     if cfg.policy.num_workers != 1 or (cfg.algo.uses_critic and cfg.critic.num_workers != 1) or cfg.rollout.num_engines != 1:
         raise ValueError("the local backend runs one worker per role (policy/critic num_workers=1, rollout.num_engines=1)")
-    port = _free_port()
+    port = free_port()
     dist = {"rank": 0, "world_size": 1, "master_addr": "127.0.0.1", "master_port": port}
     policy = PolicyWorker(cfg.model, cfg.policy, cfg.algo, seed=cfg.run.seed, **dist)
     critic = CriticWorker(cfg.model, cfg.critic, cfg.algo, seed=cfg.run.seed, **dist) if cfg.algo.uses_critic else None

@@ -184,3 +184,17 @@ def test_driver_state_roundtrip_and_checkpoint_discovery(tmp_path):
     with t("a"):
         time.sleep(0.02)
     assert list(t.seconds) == ["a"] and t.seconds["a"] >= 0.04  # the two spans add up
+
+
+def test_rendezvous_ports_stay_out_of_the_ephemeral_range():
+    """An ephemeral port (bind-to-0) can be taken by any connection opened before the rendezvous
+    binds it; free_port picks one below the kernel's ephemeral range, above Ray's worker ports."""
+    import socket
+
+    from karma_ray.rlhf.workers.distributed import _ephemeral_low, free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert all(20_000 <= p < _ephemeral_low() for p in ports), sorted(ports)
+    assert len(ports) > 1  # random, not one fixed port for every group
+    with socket.socket() as s:
+        s.bind(("", ports.pop()))  # and it is free

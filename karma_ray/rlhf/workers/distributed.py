@@ -46,10 +46,32 @@ DS_TAG = "deepspeed"  # the DeepSpeed checkpoint tag: one fixed sub-folder per c
 
 
 def free_port() -> int:
-    """A TCP port that was free a moment ago (the usual bind-to-0 trick; the rendezvous binds it next)."""
+    """A TCP port that was free a moment ago, for the process group's rendezvous, which binds it
+    seconds later (after the worker's imports).
+
+    Taken below the kernel's ephemeral range and above Ray's worker ports (10002-19999 by default):
+    a port from bind-to-0 is an ephemeral one, which any outgoing connection opened in between may
+    take (seen: EADDRINUSE in a CI run, while Ray started the other roles). Falls back to bind-to-0."""
+    low, high = 20_000, _ephemeral_low() - 1
+    rng = random.Random()
+    for _ in range(64):
+        port = rng.randint(low, high) if high > low else 0
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("", port))
+                return s.getsockname()[1]
+        except OSError:
+            continue
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
 
 
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, device: torch.device) -> None:
