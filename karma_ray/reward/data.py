@@ -36,8 +36,12 @@ def open_corpus(data: str | os.PathLike, need_pairs: bool) -> PreparedCorpus:
 
 
 def split_dir(data: str | os.PathLike, kind: str, split: str) -> Path:
+    """PREPARED/<kind>/split=<split> for kind "examples" or "pairs" (the layout is PreparedCorpus's)."""
     corpus = PreparedCorpus(Path(data))
-    return corpus.examples_dir(split) if kind == "examples" else corpus.pairs_dir(split)
+    folders = {"examples": corpus.examples_dir, "pairs": corpus.pairs_dir}
+    if kind not in folders:
+        raise ValueError(f"unknown kind {kind!r} (examples or pairs)")
+    return folders[kind](split)
 
 
 def metadata_columns(cfg: RewardModelConfig) -> list[str]:
