@@ -6,6 +6,7 @@
     karma sweep-rm --data PREPARED --output DIR [--config configs/rm/sweep_NAME.yaml] [key=value ...]
     karma sft      --data PREPARED --output DIR [--config configs/sft/NAME.yaml] [key=value ...]
     karma ppo      --config configs/ppo/NAME.yaml --output DIR [--resume] [key=value ...]
+    karma eval     --config configs/eval/NAME.yaml --model PATH [--model PATH ...] --output DIR [key=value ...]
 
 Everything that can be checked is checked before Ray starts: config keys, types and ranges,
 input paths and formats, the output directory.
@@ -90,6 +91,7 @@ COMMANDS = {
     "sweep-rm": "karma_ray.reward.cli:sweep_rm_main",
     "sft": "karma_ray.sft.cli:sft_main",
     "ppo": "karma_ray.rlhf.cli:ppo_main",
+    "eval": "karma_ray.eval.cli:eval_main",
 }
 
 

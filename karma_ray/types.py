@@ -50,6 +50,18 @@ class Generations:
         return len(self.response_ids)
 
 
+def concat_generations(parts: Sequence["Generations"], offsets: Sequence[int]) -> "Generations":
+    """Generations of consecutive prompt ranges, joined in order; part i's prompts start at offsets[i]."""
+    out = Generations([], [], [], [], [])
+    for g, off in zip(parts, offsets):
+        out.prompt_ids += g.prompt_ids
+        out.response_ids += g.response_ids
+        out.sampling_logprobs += g.sampling_logprobs
+        out.finished += g.finished
+        out.group += [off + k for k in g.group]
+    return out
+
+
 @dataclass
 class SequenceBatch:
     """Prompt + response token ids, padded for one forward pass."""

@@ -257,6 +257,22 @@ def marker_score(text: str) -> int:
     return sum(p in lower for p in MARKERS_GOOD) - sum(p in lower for p in MARKERS_BAD)
 
 
+def gold_text_quality(context: str, reply: str) -> float | None:
+    """The noise-free TEXT part of the planted latent for a reply to a rendered context:
+    W_TOPIC * on_topic + W_MARKER * marker_score(reply), where on_topic says whether the reply's topic
+    is the submission title's (the context's "[title] ..." line). This is the gold reward of a
+    generated reply: timing, subreddit and noise are not the reply's doing. None when the context
+    shows no title with a topic word (a cut context, or a corpus that is not synthetic)."""
+    first = context.split("\n", 1)[0]
+    if not first.startswith("[title] "):
+        return None
+    title_topic = topic_of_text(first[len("[title] "):])
+    if title_topic is None:
+        return None
+    on_topic = int(topic_of_text(reply) == title_topic)  # a reply with no topic word is off topic
+    return W_TOPIC * on_topic + W_MARKER * marker_score(reply)
+
+
 def early_bonus(delay_seconds: float) -> float:
     """exp(-delay / TAU_EARLY_SECONDS): 1 for an instant reply, ~0.37 after one hour."""
     return math.exp(-max(delay_seconds, 0.0) / TAU_EARLY_SECONDS)

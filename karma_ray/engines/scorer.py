@@ -9,6 +9,8 @@ inference or tensor parallelism): not implemented.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from karma_ray.engines.forward import causal_lm_forward, disable_dropout, resolve_device, resolve_dtype, row_chunks, select_rows, sequences_to
@@ -17,11 +19,14 @@ from karma_ray.types import SequenceBatch, response_logprobs
 
 class LogprobScorer:
     def __init__(self, model_path: str, *, dtype: str = "float32", micro_batch_size: int = 16, seed: int = 0,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, num_threads: int | None = None) -> None:
         from karma_ray.models.hf import load_causal_lm
 
         if micro_batch_size < 1:
             raise ValueError("micro_batch_size must be >= 1")
+        if num_threads:
+            # As many threads as the actor's CPUs: more OpenMP threads than free cores spin-wait.
+            torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
         self.device = resolve_device()
         torch_dtype = resolve_dtype(dtype, self.device)
@@ -42,3 +47,52 @@ class LogprobScorer:
             micro = sequences_to(select_rows(batch, index), self.device)
             out.append(response_logprobs(causal_lm_forward(self.module, micro), micro).float().cpu())
         return torch.cat(out)
+
+    @torch.no_grad()
+    def continuation_logprobs(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_length: int,
+                              max_batch_tokens: int = 8192) -> list[tuple[float, bool]]:
+        """Sum of log p(continuation | context) and whether greedy decoding would produce it, per pair.
+
+        `pairs` are (context_ids, continuation_ids) token lists (the context non-empty). As in
+        lm-evaluation-harness's HF model: the model reads (context + continuation)[:-1], cut from the
+        LEFT to `max_length` tokens, and the continuation's tokens are scored at the last positions.
+        Inputs are batched longest first under `max_batch_tokens` padded tokens, LEFT-padded so every
+        continuation ends at the last column and only those columns' logits are computed.
+        """
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        # Rows with the same model input share one forward: a one-token continuation's input is its
+        # context alone, so the choices " A" ... " D" of an MMLU question cost one forward, not four
+        # (lm-eval's HF model groups them the same way).
+        groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        for i, (ctx, cont) in enumerate(pairs):
+            if not ctx or not cont:
+                raise ValueError(f"pair {i}: context and continuation must be non-empty token lists")
+            inputs = (list(ctx) + list(cont))[-(max_length + 1):][:-1]
+            groups.setdefault(tuple(inputs), []).append((i, list(cont)))
+        rows = sorted(groups.items(), key=lambda g: len(g[0]), reverse=True)
+        start = 0
+        while start < len(rows):
+            width = len(rows[start][0])  # the longest input of the batch (rows are sorted)
+            size = max(1, min(self.micro_batch_size, max_batch_tokens // max(width, 1)))
+            batch = rows[start:start + size]
+            start += size
+            B = len(batch)
+            K = max(len(c) for _, members in batch for _, c in members)
+            input_ids = torch.zeros((B, width), dtype=torch.long)  # (B, T) left-padded
+            attention_mask = torch.zeros((B, width), dtype=torch.long)  # (B, T)
+            for b, (inputs, _) in enumerate(batch):
+                input_ids[b, width - len(inputs):] = torch.as_tensor(inputs)
+                attention_mask[b, width - len(inputs):] = 1
+            positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.module(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                                 position_ids=positions.to(self.device), use_cache=False, logits_to_keep=K).logits
+            logprobs = torch.log_softmax(logits[:, -K:, :].float(), dim=-1).cpu()  # (B, K, V)
+            argmax = logprobs.argmax(-1)  # (B, K)
+            for b, (_, members) in enumerate(batch):
+                for i, cont in members:
+                    # the continuation's tokens are predicted at the last len(cont) positions
+                    targets = torch.as_tensor(cont)  # (C,)
+                    steps = torch.arange(K - len(cont), K)  # (C,)
+                    total = float(logprobs[b, steps, targets].sum())
+                    out[i] = (total, bool((argmax[b, steps] == targets).all()))
+        return out

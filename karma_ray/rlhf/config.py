@@ -207,6 +207,24 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class InTrainingEvalConfig:
+    every_iterations: int = option(0, "Score the live policy on the eval tasks every N iterations (0: off); logged as eval/TASK/METRIC.")
+    tasks: tuple[str, ...] = option(("truthfulqa_mc2", "humor"), "Multiple-choice task specs (karma_ray/eval/tasks/ or task_dirs).")
+    task_dirs: tuple[str, ...] = option((), "Extra folders of task spec YAMLs.")
+    limit: int = option(32, "Items per task: a seeded subset, the same at every evaluation (paired across iterations).")
+    data_root: str | None = option(None, "Evaluation datasets folder (None: $KARMA_EVAL_DATA, else ../shared/data/eval).")
+    max_length: int = option(1024, "Tokens per scored request; longer ones lose the start of their context.")
+    requests_per_call: int = option(64, "Requests per policy forward call.")
+    seed: int = option(0, "Seed of the subsets and few-shot draws.")
+
+    def validate(self) -> None:
+        if self.every_iterations < 0 or self.limit < 1 or self.max_length < 8 or self.requests_per_call < 1:
+            raise ConfigError("eval: every_iterations >= 0, limit >= 1, max_length >= 8, requests_per_call >= 1")
+        if self.every_iterations and not self.tasks:
+            raise ConfigError("eval.tasks must name at least one task when eval.every_iterations > 0")
+
+
+@dataclass(frozen=True)
 class PPOConfig:
     model: ModelConfig = section(ModelConfig, "Which models start the run.")
     policy: TrainerConfig = section(TrainerConfig, "The policy's DeepSpeed workers.")
@@ -218,6 +236,7 @@ class PPOConfig:
     prompts: PromptConfig = section(PromptConfig, "Where prompts come from.")
     placement: PlacementConfig = section(PlacementConfig, "How roles are placed on the cluster.")
     run: RunConfig = section(RunConfig, "Iterations, checkpoints, logging.")
+    eval: InTrainingEvalConfig = section(InTrainingEvalConfig, "Evaluation of the live policy during training (through its actors).")
     ray: RayConfig = section(RayConfig, "The Ray cluster.")
 
     @property

@@ -170,6 +170,11 @@ class PPODriver:
         self.compute_advantages = make_advantage_fn(cfg.algo)
         self.reward_weights = [spec.weight for spec in cfg.reward.models]
         self.reward_names = [spec.name or Path(spec.path).name or spec.path for spec in cfg.reward.models]
+        self.live_eval = None
+        if cfg.eval.every_iterations:  # its data is read and checked here, before Ray starts
+            from karma_ray.eval.live import LiveEvaluator
+
+            self.live_eval = LiveEvaluator(cfg.eval, self.tokenizer)
 
         if self.backend == "ray":
             init_ray(cfg.ray)
@@ -255,6 +260,11 @@ class PPODriver:
         with t("8_sync"):
             sync = roles.sync_weights()
 
+        scores_eval: dict[str, float] = {}
+        if self.live_eval is not None and step % cfg.eval.every_iterations == 0:
+            with t("8b_eval"):  # the updated policy, through its workers (every rank: ZeRO-3 needs all)
+                scores_eval = self.live_eval.evaluate(lambda batch: [roles.get(r) for r in roles.policy_logprobs(roles.put(batch))][0])
+
         with t("9_log"):
             seq_kl = float(adv.kl_per_sequence.mean())
             self.kl_ctl.update(seq_kl, len(gens))
@@ -297,6 +307,7 @@ class PPODriver:
                 "perf/critic_tflops": _or_nan(critic_stats.update.train_tflops if critic_stats else None),
                 "perf/critic_mfu": _or_nan(critic_stats.update.mfu if critic_stats else None),
                 **{f"latency/{k}": v for k, v in latency.items()},
+                **scores_eval,
             }
             self.state.step = step
         if self._checkpoint_due(step):

@@ -23,7 +23,7 @@ from karma_ray.actors import ActorPool, RestartBudget
 from karma_ray.rlhf.config import PPOConfig
 from karma_ray.rlhf.placement import Placement, RoleRequest, check_fits, create_placement, plan_placement
 from karma_ray.engines.weight_sync import SyncReport, sync_weights
-from karma_ray.types import CriticStats, Generations, PolicyStats, SamplingSettings
+from karma_ray.types import CriticStats, Generations, PolicyStats, SamplingSettings, concat_generations
 
 
 
@@ -151,17 +151,6 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
-def merge_generations(parts: list[Generations], offsets: list[int]) -> Generations:
-    out = Generations([], [], [], [], [])
-    for g, off in zip(parts, offsets):
-        out.prompt_ids += g.prompt_ids
-        out.response_ids += g.response_ids
-        out.sampling_logprobs += g.sampling_logprobs
-        out.finished += g.finished
-        out.group += [off + k for k in g.group]
-    return out
-
-
 @dataclass
 class Roles:
     cfg: PPOConfig
@@ -198,7 +187,7 @@ class Roles:
 
         nonempty = [i for i, (a, b) in enumerate(ranges) if b > a]
         parts = self.rollout.run(call, nonempty)
-        return merge_generations(parts, [ranges[i][0] for i in nonempty])
+        return concat_generations(parts, [ranges[i][0] for i in nonempty])
 
     # 3 score (refs now, results after the fan-out wait)
     def score_refs(self, contexts: list[str], responses: list[str], metadata: list[dict]) -> list[dict[int, Any]]:

@@ -60,3 +60,48 @@ def test_paired_comparison_picks_the_test_by_the_scores():
         paired_comparison([1, 0], [1, 0, 1])
     with pytest.raises(ValueError, match="non-finite"):
         mean_ci([1.0, float("nan")])
+
+
+def _paired_binary(rng, n, p_a, p_b):
+    """Per-item outcomes of two checkpoints on the same items: item difficulty shared (paired), then
+    each model right with its own probability on top of it."""
+    difficulty = rng.uniform(-0.3, 0.3, n)
+    a = (rng.uniform(size=n) < np.clip(p_a + difficulty, 0, 1)).astype(float)
+    b = (rng.uniform(size=n) < np.clip(p_b + difficulty, 0, 1)).astype(float)
+    return a, b
+
+
+def test_the_paired_tests_find_a_planted_difference():
+    rng = np.random.default_rng(7)
+    rejected_binary = rejected_continuous = covered = 0
+    for rep in range(40):
+        a, b = _paired_binary(rng, 300, 0.50, 0.65)  # a planted +0.15 accuracy
+        cmp = paired_comparison(a, b, n_resamples=2000, seed=rep)
+        assert cmp.test == "mcnemar-exact"
+        rejected_binary += cmp.p_value < 0.05
+        x = rng.normal(size=200)
+        y = x + 0.25 + 0.5 * rng.normal(size=200)  # a planted +0.25 shift of a continuous score
+        c = paired_comparison(x, y, n_resamples=2000, seed=rep)
+        assert c.test == "paired-permutation"
+        rejected_continuous += c.p_value < 0.05
+        covered += c.difference.low < 0.25 < c.difference.high
+    # power: McNemar ~0.97 at this effect and size (normal approximation), permutation ~1
+    assert rejected_binary >= 34 and rejected_continuous >= 38
+    assert covered >= 34  # the 95% interval of the difference holds the planted shift (expected 38 of 40)
+
+
+def test_on_identical_models_the_tests_reject_at_about_their_nominal_rate():
+    """Two checkpoints that are the same model evaluated with independent noise (sampling, like the
+    toxicity and karma tasks): the null holds, so p < 0.05 should happen in about 5% of repeats.
+    The exact McNemar test is conservative (discrete), so its rate may sit below 5%."""
+    rng = np.random.default_rng(11)
+    reps = 400
+    binary = continuous = 0
+    for rep in range(reps):
+        a, b = _paired_binary(rng, 200, 0.6, 0.6)
+        binary += paired_comparison(a, b, n_resamples=500, seed=rep).p_value < 0.05
+        x = rng.normal(size=60)
+        continuous += paired_comparison(x, x + rng.normal(size=60), n_resamples=500, seed=rep).p_value < 0.05
+    # 95% binomial range of a 5% rate over 400 repeats is about [2.9%, 7.4%]
+    assert 0.01 <= binary / reps <= 0.075, binary / reps
+    assert 0.025 <= continuous / reps <= 0.08, continuous / reps

@@ -13,7 +13,8 @@ from karma_ray.rlhf.driver import DriverState, PhaseTimer, latest_checkpoint, sa
 from karma_ray.rlhf.experience import make_advantage_fn
 from karma_ray.rlhf.placement import RoleRequest, check_fits, plan_placement
 from karma_ray.rlhf.prompts import PromptError, PromptSampler, load_prompts, tokenize_prompts
-from karma_ray.rlhf.roles import _split, merge_generations, role_requests
+from karma_ray.rlhf.roles import _split, role_requests
+from karma_ray.types import concat_generations
 from karma_ray.rlhf.rules import make_rule
 from karma_ray.rlhf.workers.reward import RewardWorker, combine_scores
 from karma_ray.types import Generations
@@ -127,7 +128,7 @@ def test_split_and_merge_generations_keep_prompt_groups():
     assert _split(1, 3) == [(0, 1), (1, 1), (1, 1)]
     a = Generations([[1]] * 2, [[5], [6]], [[-0.1], [-0.2]], [True, False], [0, 0])  # 1 prompt x 2 samples
     b = Generations([[2]], [[7]], [[-0.3]], [True], [0])
-    m = merge_generations([a, b], [0, 1])
+    m = concat_generations([a, b], [0, 1])
     assert m.group == [0, 0, 1] and m.response_ids == [[5], [6], [7]] and len(m) == 3
 
 

@@ -27,6 +27,10 @@ def config_class(stage: str, name: str):
         from karma_ray.sft.config import SFTConfig
 
         return SFTConfig, []
+    if stage == "eval":
+        from karma_ray.eval.config import EvalConfig
+
+        return EvalConfig, []
     return None, []
 
 

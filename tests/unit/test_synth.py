@@ -503,3 +503,14 @@ def test_pure_helpers():
     for phrase in MARKERS_GOOD + MARKERS_BAD:  # no marker is hidden in the vocabularies
         for words in list(TOPICS.values()) + [synth.FILLER_WORDS]:
             assert phrase not in " ".join(words)
+
+
+def test_gold_text_quality_is_the_noise_free_text_part_of_the_planted_score():
+    from karma_ray.data.synth import W_MARKER, W_TOPIC, gold_text_quality
+
+    ctx = "[title] Best garlic and basil marinade?\n[user] any tips"
+    assert gold_text_quality(ctx, "Roast the garlic first, for example.") == pytest.approx(W_TOPIC + W_MARKER)  # on topic, +1 marker
+    assert gold_text_quality(ctx, "the orbit of a comet lol") == pytest.approx(-W_MARKER)  # off topic, a bad marker
+    assert gold_text_quality(ctx, "no topic words at all") == 0.0  # no topic word: off topic
+    assert gold_text_quality("[user] no title here", "garlic") is None
+    assert gold_text_quality("…cut context\n[user] x", "garlic") is None
