@@ -13,6 +13,8 @@ _WORKER_ENV_DEFAULTS = {
     # transformers draws a "Loading weights" bar in every actor that loads a model; the driver's
     # console shows one line and one bar per stage.
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    # vLLM logs every engine start, sync and shutdown at INFO from inside its actor; warnings still show.
+    "VLLM_LOGGING_LEVEL": "WARNING",
     # Arrow's default jemalloc pool kept freed memory in long-lived workers: one Ray Data shuffle
     # worker grew to ~2 GiB on 4M comments (0.9 GiB peak per worker with the system allocator,
     # measured with benchmarks/bench_prepare.py), so corpus-sized runs did not stay flat.

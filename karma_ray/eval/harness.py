@@ -33,6 +33,7 @@ PairScorer = Callable[[TokenPairs], list[tuple[float, bool]]]
 class ItemScore:
     item_id: str  # the loader's doc id
     value: float  # the per-item metric (acc: 0/1; mc2: a probability)
+    answer: Optional[str] = None  # multiple choice: the choice with the highest log-likelihood
 
 
 def mc2_score(log_likelihoods: Sequence[float], labels: Sequence[int]) -> float:
@@ -180,7 +181,9 @@ def evaluate_multiple_choice(lm: Any, tasks: Sequence[tuple[TaskSpec, list[dict]
     items: dict[str, list[ItemScore]] = {spec.task: [] for spec, _, _ in tasks}
     for name, spec in owner.items():
         for sample in sorted(results["samples"][name], key=lambda s: s["doc_id"]):
-            items[spec.task].append(ItemScore(str(sample["doc"]["id"]), float(sample[spec.metric])))
+            lls = [float(r[0]) for r in sample["filtered_resps"]]
+            answer = sample["arguments"][max(range(len(lls)), key=lls.__getitem__)][1]
+            items[spec.task].append(ItemScore(str(sample["doc"]["id"]), float(sample[spec.metric]), answer))
     return items
 
 

@@ -740,6 +740,13 @@ class _Report:
         self.figure(SCATTER_PLOT, "One point per model: the mean of its pragmatics tasks against its factuality "
                                   "(the axis labels name the tasks).")
 
+    def warnings(self) -> None:
+        warnings = self.results.get("warnings") or []
+        if not warnings:
+            return
+        self.html += ["<h2>Warnings</h2>", "<ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>"]
+        self.md += ["## Warnings", "", *[f"- {_md(w)}" for w in warnings], ""]
+
     def failures(self) -> None:
         failures = self.results.get("failures") or []
         if not failures:
@@ -779,6 +786,7 @@ class _Report:
     def render(self) -> tuple[str, str]:
         self.header()
         self.values_table()
+        self.warnings()
         self.deltas_tables()
         self.scatter()
         self.failures()

@@ -336,6 +336,20 @@ def task_rows(data: list[TaskData], extra_skipped: dict[str, dict[str, int]], sy
     return rows
 
 
+def answer_warnings(models: list[ModelRef], tasks: list[dict], scores: dict) -> list[str]:
+    """A model that picks the same answer on every item of a task measures the label balance of the
+    subset, not the behaviour (small models often answer " No" or " (A)" to everything)."""
+    out = []
+    for t in tasks:
+        for m in models:
+            items = scores.get(m.name, {}).get((t["task"], t["metric"])) or []
+            answers = {i.answer for i in items}
+            if len(items) >= 10 and len(answers) == 1 and None not in answers:
+                out.append(f"{m.name} gave the same answer ({next(iter(answers))!r}) to all {len(items)} items of "
+                           f"{t['task']}: its {t['metric']} reflects how often that answer is the target, not the behaviour.")
+    return out
+
+
 def statistics(models: list[ModelRef], tasks: list[dict], scores: dict[str, dict[tuple[str, str], list[ItemScore]]],
                cfg: EvalConfig) -> tuple[list[dict], list[dict]]:
     from karma_ray.eval.stats import holm, mean_ci, paired_comparison
@@ -426,12 +440,14 @@ def run_eval(cfg: EvalConfig, output: str | os.PathLike, *, models: Sequence[str
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "models": [{"name": r.name, "path": r.path, "resolved": r.resolved} for r in refs], "baseline": refs[0].name if len(refs) > 1 else None,
         "tasks": tasks, "results": results, "comparisons": comparisons, "failures": failures,
+        "warnings": answer_warnings(refs, tasks, scores),
         "items_path": ITEMS_FILE, "wall_s": None,
     }
-    rows = [{"model": m, "task": t, "metric": k, "item_id": i.item_id, "value": i.value}  # 5 write
+    rows = [{"model": m, "task": t, "metric": k, "item_id": i.item_id, "value": i.value, "answer": i.answer}  # 5 write
             for m, per_model in scores.items() for (t, k), items in per_model.items() for i in items]
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(
-        [("model", pa.string()), ("task", pa.string()), ("metric", pa.string()), ("item_id", pa.string()), ("value", pa.float64())])),
+        [("model", pa.string()), ("task", pa.string()), ("metric", pa.string()), ("item_id", pa.string()), ("value", pa.float64()),
+         ("answer", pa.string())])),
         out / ITEMS_FILE)
     payload["wall_s"] = round(time.monotonic() - start, 1)
     (out / RESULTS_FILE).write_text(json.dumps(payload, indent=2, default=float) + "\n")

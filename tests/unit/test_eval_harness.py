@@ -105,6 +105,7 @@ def test_lm_eval_builds_requests_and_metrics_we_can_compute_by_hand():
 
     items = evaluate_multiple_choice(ScoringLM(_CharTokenizer(), recording, 64), [(spec, docs, None)], seed=0)["toy"]
     assert [(i.item_id, i.value) for i in items] == [("a", 1.0), ("b", 0.0), ("c", 1.0)]
+    assert [i.answer for i in items] == [" z", " e", " b"]  # the argmax choice, as lm-eval sent it
     # 7 requests; the context/continuation split keeps the delimiter with the continuation
     assert len(seen) == 7 and ([ord(c) for c in "Q: x\nA:"], [ord(c) for c in " yy"]) in seen
 

@@ -212,3 +212,12 @@ def test_a_report_without_tasks_metadata_or_plots_to_draw_still_renders(tmp_path
     page = files.html.read_text(encoding="utf-8")
     assert "mmlu" in page and "0.250 [0.200, 0.300]" in page
     assert [p.name for p in files.plots] == ["bars.png"]
+
+
+def test_warnings_get_their_own_section_escaped(tmp_path):
+    results = synthetic_results()
+    results["warnings"] = ["m gave the same answer (' <No>') to all 100 items of persona: ..."]
+    files = write_report(results, tmp_path)
+    page, markdown = files.html.read_text(encoding="utf-8"), files.markdown.read_text(encoding="utf-8")
+    assert "<h2>Warnings</h2>" in page and "(&#x27; &lt;No&gt;&#x27;)" in page
+    assert "## Warnings" in markdown and "<No>" not in page
