@@ -42,10 +42,17 @@ def test_config_errors_name_the_key():
 
 
 @pytest.mark.skipif(not EVAL_DATA.exists(), reason=f"shared data not found: {EVAL_DATA}")
-def test_bad_inputs_fail_before_ray_with_the_name_of_the_culprit(model_dir, tmp_path):
-    import sys
+def test_bad_inputs_fail_before_ray_with_the_name_of_the_culprit(model_dir, tmp_path, monkeypatch):
+    import karma_ray.ray_utils
+    from karma_ray.eval.run import run_eval
 
+    def no_ray(*_, **__):
+        raise AssertionError("Ray was started before the inputs were checked")
+
+    monkeypatch.setattr(karma_ray.ray_utils, "init_ray", no_ray)
     out = tmp_path / "out"
+    with pytest.raises(EvalInputError, match="no config.json"):  # through the stage itself
+        run_eval(cfg("tasks.names=[humor]"), out, models=[str(tmp_path)])
     with pytest.raises(Exception, match="unknown task 'humour'"):
         check_inputs(cfg("tasks.names=[humour]"), out, [str(model_dir)], False)
     with pytest.raises(EvalInputError, match="no config.json"):
@@ -62,7 +69,6 @@ def test_bad_inputs_fail_before_ray_with_the_name_of_the_culprit(model_dir, tmp_
     (out / "something").write_text("x")
     with pytest.raises(Exception, match="already holds"):
         check_inputs(cfg("tasks.names=[humor]"), out, [str(model_dir)], False)
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
 @pytest.mark.skipif(not EVAL_DATA.exists(), reason=f"shared data not found: {EVAL_DATA}")
