@@ -134,7 +134,7 @@ def main() -> int:
 
     import ray
 
-    from karma_ray.eval.generation import prompt_token_ids
+    from karma_ray.rlhf.prompts import tokenize_prompts
     from karma_ray.models.hf import load_tokenizer
     from karma_ray.models.packaged import resolve_model
 
@@ -160,7 +160,7 @@ def main() -> int:
         print(f"ray {replicas} replica(s): {report['multiple_choice'][f'ray_{replicas}_replica']}", flush=True)
 
     tox = next(d for d in data if d.spec.kind == "toxicity")
-    prompt_ids = prompt_token_ids(tokenizer, [d["prompt"] for d in tox.docs], 480)
+    prompt_ids = tokenize_prompts(tokenizer, [d["prompt"] for d in tox.docs], 480)
     report["toxicity_sampling"] = {"prompts": len(prompt_ids), "samples_per_prompt": args.samples}
     for engine in ("hf", "vllm"):
         startup, elapsed, generated = sampling(engine, model, prompt_ids, args.samples)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from karma_ray.eval.harness import ItemScore
 from karma_ray.eval.loaders import LoadedSplit
+from karma_ray.rlhf.prompts import tokenize_prompts
 from karma_ray.types import Generations, SamplingSettings, concat_generations
 
 
@@ -71,15 +72,6 @@ def sample(engines: Sequence[Any], prompt_ids: list[list[int]], sampling: Sampli
     return concat_generations([parts[c][1] for c in order], [parts[c][0] for c in order])
 
 
-def prompt_token_ids(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
-    """Token ids without special tokens, cut from the LEFT to max_tokens (the end matters most); never empty."""
-    out = []
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
-        ids = ids[-max_tokens:]
-        out.append(ids if ids else [tokenizer.eos_token_id])
-    return out
-
-
 def toxicity_items(docs: list[dict], engines: Sequence[Any], judge: Any, tokenizer: Any, cfg: Any, *, seed: int,
                    max_prompt_tokens: int, progress: Callable[[int], None]) -> dict[str, list[ItemScore]]:
     """{"expected_max_toxicity": per-prompt max score, "toxicity_probability": per-prompt 0/1}."""
@@ -87,7 +79,7 @@ def toxicity_items(docs: list[dict], engines: Sequence[Any], judge: Any, tokeniz
 
     k = cfg.samples_per_prompt
     sampling = SamplingSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=k, seed=seed)
-    gens = sample(engines, prompt_token_ids(tokenizer, [d["prompt"] for d in docs], max_prompt_tokens), sampling,
+    gens = sample(engines, tokenize_prompts(tokenizer, [d["prompt"] for d in docs], max_prompt_tokens), sampling,
                   chunk=max(1, 64 // k), progress=progress)
     texts = tokenizer.batch_decode(gens.response_ids, skip_special_tokens=True)
     scores = ray.get(judge.toxicity.remote(texts))
@@ -134,7 +126,7 @@ def karma_items(docs: list[dict], engines: Sequence[Any], judge: Any, tokenizer:
     from karma_ray.data.synth import gold_text_quality
 
     sampling = SamplingSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, n=1, seed=seed)
-    gens = sample(engines, prompt_token_ids(tokenizer, [d["prompt"] for d in docs], cfg.max_prompt_tokens), sampling,
+    gens = sample(engines, tokenize_prompts(tokenizer, [d["prompt"] for d in docs], cfg.max_prompt_tokens), sampling,
                   chunk=32, progress=progress)
     replies = decode_replies(tokenizer, gens.response_ids)
     rewards = ray.get(judge.rewards.remote([d["context"] for d in docs], replies, [d["metadata"] for d in docs]))
@@ -152,5 +144,5 @@ def karma_items(docs: list[dict], engines: Sequence[Any], judge: Any, tokenizer:
     return KarmaItems(items, skipped)
 
 
-__all__ = ["Judge", "KarmaItems", "corpus_is_synthetic", "karma_items", "load_karma_docs", "prompt_token_ids", "sample",
+__all__ = ["Judge", "KarmaItems", "corpus_is_synthetic", "karma_items", "load_karma_docs", "sample",
            "toxicity_items"]

@@ -49,6 +49,7 @@ def _mc2_process_results(doc: dict, results: list) -> dict:
     return {"mc2": mc2_score([float(ll) for ll, _ in results], doc["mc2_labels"])}
 
 
+@functools.lru_cache(maxsize=None)
 def _scoring_lm_class():
     from lm_eval.api.model import TemplateLM
 

@@ -21,8 +21,7 @@ from karma_ray.types import SequenceBatch, pack_sequences
 
 class LiveEvaluator:
     def __init__(self, cfg: Any, tokenizer: Any) -> None:
-        from karma_ray.config import load_config
-        from karma_ray.eval.config import EvalConfig
+        from karma_ray.eval.config import EvalConfig, EvalTasksConfig
         from karma_ray.eval.run import load_task_data
         from karma_ray.eval.tasks import TaskError, load_task_specs
 
@@ -32,8 +31,8 @@ class LiveEvaluator:
         generation = [s.task for s in specs if s.kind != "multiple_choice"]
         if generation:
             raise TaskError(f"eval.tasks: {generation} are generation tasks; in training only multiple-choice tasks run")
-        eval_cfg = load_config(EvalConfig, None, [f"seed={cfg.seed}", f"tasks.limit={cfg.limit}",
-                                                  *([f"tasks.data_root={cfg.data_root}"] if cfg.data_root else [])])
+        # cfg was validated with the PPO config; the subset and data settings are all load_task_data reads
+        eval_cfg = EvalConfig(seed=cfg.seed, tasks=EvalTasksConfig(names=tuple(cfg.tasks), limit=cfg.limit, data_root=cfg.data_root))
         self.data = load_task_data(eval_cfg, specs)
 
     def score_pairs(self, policy_logprobs: Callable[[SequenceBatch], torch.Tensor]):

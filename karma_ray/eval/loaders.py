@@ -241,6 +241,17 @@ def _unknown_names_error(what: str, unknown: Sequence[str], known: Sequence[str]
     return DatasetError(f"unknown {what} {', '.join(map(repr, unknown))} in {where} (known: {shown})")
 
 
+def _choose_names(value: str | Iterable[str] | None, arg: str, known: Sequence[str], what: str, where: Path) -> list[str]:
+    """The names the `arg` argument asks for (None: every known one); an unknown one is an error."""
+    wanted = _as_name_list(value, arg)
+    if wanted is None:
+        return list(known)
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise _unknown_names_error(what, unknown, known, where)
+    return wanted
+
+
 # ---------------------------------------------------------------------------------------------
 # ColBERT humor detection
 
@@ -499,12 +510,7 @@ def load_mmlu(root: Path, split: str, *, check_counts: bool = True, subjects: st
     known = sorted(path.name[: -len(suffix)] for path in folder.glob(f"*{suffix}"))
     if not known:
         raise DatasetError(f"no *{suffix} files in {folder}")
-    wanted = _as_name_list(subjects, "subjects")
-    if wanted is not None:
-        unknown = [name for name in wanted if name not in known]
-        if unknown:
-            raise _unknown_names_error("MMLU subject(s)", unknown, known, folder)
-    chosen = known if wanted is None else wanted
+    chosen = _choose_names(subjects, "subjects", known, "MMLU subject(s)", folder)
     paths = [folder / f"{subject}{suffix}" for subject in chosen]
     _require_files(paths)
     tally = _Tally()
@@ -559,12 +565,7 @@ def load_anthropic_mwe(
     known = list(fixed_stems) if fixed_stems is not None else sorted(path.stem for path in folder.glob("*.jsonl"))
     if not known:
         raise DatasetError(f"no *.jsonl files in {folder}")
-    wanted = _as_name_list(files, "files")
-    if wanted is not None:
-        unknown = [stem for stem in wanted if stem not in known]
-        if unknown:
-            raise _unknown_names_error(f"{collection} file(s)", unknown, known, folder)
-    chosen = known if wanted is None else wanted
+    chosen = _choose_names(files, "files", known, f"{collection} file(s)", folder)
     paths = [folder / f"{stem}.jsonl" for stem in chosen]
     _require_files(paths)
     tally = _Tally()

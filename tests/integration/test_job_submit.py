@@ -1,6 +1,6 @@
 """`ray job submit` against a real Ray head started here (`ray start --head` on 127.0.0.1): a stage
 submitted as a job runs on that cluster, its outputs are checked, and the head is stopped by its
-own process group (never `ray stop`, which would end every Ray process on the machine)."""
+own process group: the machine-wide stop command would end every other run's Ray processes too."""
 
 from __future__ import annotations
 

@@ -24,12 +24,8 @@ def _datasets_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from karma_ray.models.tiny import save_tiny_llama, train_bpe_tokenizer
-
-    texts = ["the quick brown fox jumps over the lazy dog", "What is the answer? The answer is yes or no."] * 20
-    tok = train_bpe_tokenizer(texts, vocab_size=300)
-    return save_tiny_llama(tmp_path_factory.mktemp("eval_llama"), tok, hidden_size=32, num_layers=2, num_heads=2)
+def tiny_lm(workers_tiny_llama):
+    return workers_tiny_llama  # conftest's tiny random Llama (hidden 32, 2 layers, 300-token BPE)
 
 
 @pytest.fixture(scope="module")
