@@ -28,24 +28,6 @@ DEMO_RM_CONFIG = REPO / "configs" / "rm" / "tiny_text.yaml"
 DEMO_PPO_CONFIG = REPO / "configs" / "ppo" / "tiny.yaml"
 
 
-def build_models(prepared: Path, out: Path) -> tuple[Path, Path]:
-    """A tokenizer trained on the corpus (no download, no ../shared needed) and two tiny models."""
-    import pyarrow.parquet as pq
-
-    from karma_ray.models.tiny import save_tiny_bert, save_tiny_llama, train_bpe_tokenizer
-
-    texts = []
-    from karma_ray.data.corpus import PreparedCorpus
-
-    for f in PreparedCorpus.open(prepared, splits=("train",)).example_files("train"):
-        t = pq.read_table(f, columns=["context", "reply"])
-        texts += t.column("context").to_pylist()[:4000] + t.column("reply").to_pylist()[:4000]
-    tok = train_bpe_tokenizer(texts, vocab_size=2048)
-    policy = save_tiny_llama(out / "policy", tok, hidden_size=64, num_layers=2, num_heads=2, max_position_embeddings=512)
-    backbone = save_tiny_bert(out / "rm_backbone", tok, hidden_size=64, num_layers=2, num_heads=2)
-    return policy, backbone
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="runs/demo")
@@ -79,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     print(render_summary(manifest, prepared.output))
 
     print(f"[3/6] models: corpus tokenizer, tiny Llama policy, tiny BERT backbone -> {out / 'models'}", flush=True)
-    build_models(out / "prepared", out / "models")
+    from karma_ray.models.tiny import build_corpus_models
+
+    build_corpus_models(out / "prepared", out / "models")
 
     print(f"[4/6] train-rm (variant=text) on Ray Train -> {out / 'rm' / 'text'}", flush=True)
     from karma_ray.reward.train import run_train_rm

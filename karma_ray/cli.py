@@ -7,6 +7,7 @@
     karma sft      --data PREPARED --output DIR [--config configs/sft/NAME.yaml] [key=value ...]
     karma ppo      --config configs/ppo/NAME.yaml --output DIR [--resume] [key=value ...]
     karma eval     --config configs/eval/NAME.yaml --model PATH [--model PATH ...] --output DIR [key=value ...]
+    karma experiment --config configs/experiment/NAME.yaml --output DIR [--overwrite] [key=value ...]
 
 Everything that can be checked is checked before Ray starts: config keys, types and ranges,
 input paths and formats, the output directory.
@@ -92,6 +93,7 @@ COMMANDS = {
     "sft": "karma_ray.sft.cli:sft_main",
     "ppo": "karma_ray.rlhf.cli:ppo_main",
     "eval": "karma_ray.eval.cli:eval_main",
+    "experiment": "karma_ray.experiment.cli:experiment_main",
 }
 
 

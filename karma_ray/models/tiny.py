@@ -115,3 +115,23 @@ def save_tiny_bert(output_dir: str | os.PathLike, tokenizer, hidden_size: int = 
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_corpus_models(prepared: str | os.PathLike, out: str | os.PathLike, vocab_size: int = 2048,
+                        texts_per_column: int = 4000) -> tuple[Path, Path]:
+    """A byte-level BPE tokenizer trained on a prepared corpus's train contexts and replies, and two
+    random-init models on it: a tiny Llama policy (out/policy) and a tiny BERT backbone (out/rm_backbone).
+    Needs no download and no shared data (the demo and the tiny experiment use it)."""
+    import pyarrow.parquet as pq
+
+    from karma_ray.data.corpus import PreparedCorpus
+
+    out = Path(out)
+    texts: list[str] = []
+    for f in PreparedCorpus.open(prepared, splits=("train",)).example_files("train"):
+        t = pq.read_table(f, columns=["context", "reply"])
+        texts += t.column("context").to_pylist()[:texts_per_column] + t.column("reply").to_pylist()[:texts_per_column]
+    tok = train_bpe_tokenizer(texts, vocab_size=vocab_size)
+    policy = save_tiny_llama(out / "policy", tok, hidden_size=64, num_layers=2, num_heads=2, max_position_embeddings=512)
+    backbone = save_tiny_bert(out / "rm_backbone", tok, hidden_size=64, num_layers=2, num_heads=2)
+    return policy, backbone

@@ -31,6 +31,10 @@ def config_class(stage: str, name: str):
         from karma_ray.eval.config import EvalConfig
 
         return EvalConfig, []
+    if stage == "experiment":
+        from karma_ray.experiment.config import ExperimentConfig
+
+        return ExperimentConfig, []
     return None, []
 
 
@@ -47,7 +51,11 @@ def test_stage_config_starts_with_its_command_and_validates(stage, path):
     cls, overrides = config_class(stage, path.name)
     if cls is None:
         pytest.skip(f"no config class registered here for configs/{stage}")
-    load_config(cls, path, overrides)  # raises ConfigError on any unknown key, wrong type or broken rule
+    cfg = load_config(cls, path, overrides)  # raises ConfigError on any unknown key, wrong type or broken rule
+    if stage == "experiment" and not cfg.corpus.inputs:
+        from karma_ray.experiment.run import plan_experiment
+
+        plan_experiment(cfg, "/tmp/karma-plan-check")  # every stage config it names loads and validates too
 
 
 def _dashboard_hosts(node):

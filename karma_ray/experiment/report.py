@@ -1,0 +1,333 @@
+"""The experiment's report: the paper's questions, each answered with its uncertainty.
+
+    results.json   rm (each variant's karma prediction, with CIs), cells (PPO per cell), downstream
+                   (each policy's delta against the base per task, CI, Holm p), lineage, stages
+    report.md / report.html, headline.png (RM karma accuracy vs downstream change), gold.png (proxy
+    reward vs gold quality, synthetic corpora), length.png (reward and downstream deltas vs length)
+
+Reads only the stage folders' own outputs (rm/best.csv + metrics, ppo/*/metrics.jsonl, eval/results.json),
+so a report rebuilt from a rerun that skipped every stage is the same report.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from karma_ray.eval.report import format_estimate, format_p, significance_mark
+
+HEADLINE_PLOT, GOLD_PLOT, LENGTH_PLOT = "headline.png", "gold.png", "length.png"
+CONDITION_COLORS = {"exposure": "#1f77b4", "base": "#d62728"}
+CONTROLS = ("random", "constant")
+
+
+def fisher_ci(r: float | None, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
+    """95% CI of a Spearman/Pearson correlation by the Fisher transform (se = 1/sqrt(n-3))."""
+    if r is None or not math.isfinite(r) or n < 4 or abs(r) >= 1:
+        return None, None
+    centre, half = math.atanh(r), z / math.sqrt(n - 3)
+    return math.tanh(centre - half), math.tanh(centre + half)
+
+
+def wilson_ci(p: float | None, n: int) -> tuple[float | None, float | None]:
+    """95% Wilson interval of a proportion from n trials (scipy's binomtest)."""
+    if p is None or not math.isfinite(p) or n < 1:
+        return None, None
+    from scipy.stats import binomtest
+
+    ci = binomtest(round(p * n), n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def rm_rows(rm_dir: Path) -> dict[str, dict]:
+    """Each variant's best reward model: test Spearman and pairwise accuracy with CIs (held-out threads)."""
+    rows: dict[str, dict] = {}
+    best_csv = rm_dir / "best.csv"
+    if not best_csv.is_file() or not best_csv.read_text().strip():
+        return rows
+    with best_csv.open() as fh:
+        for row in csv.DictReader(fh):
+            v = row["variant"]
+            metrics = json.loads((rm_dir / "best" / f"{v}_metrics.json").read_text())["test"]
+            sp, acc = metrics.get("spearman"), metrics.get("pairwise_accuracy")
+            rows[v] = {"spearman": sp, "spearman_ci": fisher_ci(sp, metrics["n"]), "pairwise_accuracy": acc,
+                       "pairwise_accuracy_ci": wilson_ci(acc, metrics["n_pairs"]), "n": metrics["n"], "n_pairs": metrics["n_pairs"],
+                       "model": row["model"]}
+    return rows
+
+
+def build_results(plan: Any, outcomes: dict[str, dict], lineage: dict, log: Any) -> dict:
+    out = plan.output
+    rm = rm_rows(out / "rm")
+    eval_path = out / "eval" / "results.json"
+    evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {"comparisons": [], "results": [], "tasks": []}
+    downstream: dict[str, list[dict]] = {}
+    for c in evaluation["comparisons"]:
+        if c["baseline"] != "base":
+            continue
+        downstream.setdefault(c["candidate"], []).append(
+            {k: c.get(k) for k in ("task", "group", "metric", "delta", "ci_low", "ci_high", "p_value", "p_holm", "test", "n")})
+    cells = []
+    for cell in plan.cells:
+        o = outcomes.get(cell.name, {"summary": {}, "error": "not run"})
+        cells.append({"cell": cell.name, "variant": cell.variant, "condition": cell.condition, "seed": cell.seed,
+                      "ppo": o.get("summary", {}), "node": o.get("node"), "error": o.get("error", ""),
+                      "rm_spearman": rm.get(cell.variant, {}).get("spearman"),
+                      "rm_pairwise_accuracy": rm.get(cell.variant, {}).get("pairwise_accuracy")})
+    higher = {(t["task"], t["metric"]): t.get("higher_is_better") for t in evaluation.get("tasks", [])}
+    return {
+        "karma_experiment": 1, "name": plan.cfg.name, "output": str(out),
+        "seeds": {"ppo": list(plan.cfg.ppo.seeds), "eval": evaluation.get("seed"), "corpus": plan.cfg.corpus.synthetic_seed},
+        "synthetic": bool(plan.cfg.corpus.synthetic_comments),
+        "rm": rm, "cells": cells, "downstream": downstream,
+        "higher_is_better": {f"{t}/{m}": h for (t, m), h in higher.items()},
+        "eval_results": evaluation.get("results", []), "eval_warnings": evaluation.get("warnings", []),
+        "eval_report": str(out / "eval" / "report.html"), "lineage": lineage,
+        "stages": {"ran": log.ran, "skipped": log.skipped, "wall_s": log.wall_s},
+    }
+
+
+# -- plots -------------------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def headline_metrics(results: dict) -> list[tuple[str, str]]:
+    """(task, metric) pairs every evaluated cell has, karma first, in the eval's task order."""
+    seen: list[tuple[str, str]] = []
+    for rows in results["downstream"].values():
+        for r in rows:
+            if (r["task"], r["metric"]) not in seen and r["metric"] != "length":
+                seen.append((r["task"], r["metric"]))
+    return sorted(seen, key=lambda tm: (tm[0] != "karma", seen.index(tm)))
+
+
+def _delta(results: dict, cell: str, task: str, metric: str) -> dict | None:
+    for r in results["downstream"].get(cell, []):
+        if (r["task"], r["metric"]) == (task, metric):
+            return r
+    return None
+
+
+def plot_headline(results: dict, path: Path) -> Path | None:
+    """x: the reward model's karma accuracy (test pairwise accuracy); y: its policy's change against the base."""
+    metrics = headline_metrics(results)
+    cells = [c for c in results["cells"] if c["cell"] in results["downstream"] and c["rm_pairwise_accuracy"] is not None]
+    if not metrics or not cells:
+        return None
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = _figure(4.2 * cols, 3.3 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (task, metric) in zip(axes.flat, metrics):
+        for c in cells:
+            d = _delta(results, c["cell"], task, metric)
+            if d is None or d["delta"] is None:
+                continue
+            x = c["rm_pairwise_accuracy"]
+            lo, hi = d["ci_low"], d["ci_high"]
+            yerr = [[d["delta"] - lo], [hi - d["delta"]]] if lo is not None and hi is not None else None
+            ax.errorbar([x], [d["delta"]], yerr=yerr, fmt="o" if c["variant"] not in CONTROLS else "s",
+                        color=CONDITION_COLORS.get(c["condition"], "#555"), capsize=3, alpha=0.85)
+            ax.annotate(c["variant"], (x, d["delta"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axhline(0, color="#999", lw=0.8)
+        arrow = {True: " ↑", False: " ↓"}.get(results["higher_is_better"].get(f"{task}/{metric}"), "")
+        ax.set_title(f"{task} {metric}{arrow}", fontsize=9)
+        ax.set_xlabel("RM test pairwise accuracy", fontsize=8)
+        ax.set_ylabel("Δ vs base (95% CI)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=col, marker="o", ls="", label=cond)
+               for cond, col in CONDITION_COLORS.items()]
+    fig.legend(handles=handles, loc="outside upper right", fontsize=8, title="condition (■ control)")
+    fig.suptitle("Does the better karma predictor give the better policy?", fontsize=11)
+    fig.savefig(path)
+    return path
+
+
+def plot_gold(results: dict, path: Path) -> Path | None:
+    """Proxy (the judge RM's reward) against gold text quality, both as deltas against the base."""
+    pts = []
+    for c in results["cells"]:
+        r, g = _delta(results, c["cell"], "karma", "reward"), _delta(results, c["cell"], "karma", "gold_quality")
+        if r and g and r["delta"] is not None and g["delta"] is not None:
+            pts.append((c, r, g))
+    if not pts:
+        return None
+    fig = _figure(5.5, 4.2)
+    ax = fig.add_subplot()
+    for c, r, g in pts:
+        ax.errorbar([r["delta"]], [g["delta"]], xerr=[[r["delta"] - r["ci_low"]], [r["ci_high"] - r["delta"]]],
+                    yerr=[[g["delta"] - g["ci_low"]], [g["ci_high"] - g["delta"]]], fmt="o",
+                    color=CONDITION_COLORS.get(c["condition"], "#555"), capsize=3, alpha=0.85)
+        ax.annotate(c["cell"], (r["delta"], g["delta"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(0, color="#999", lw=0.8)
+    ax.axvline(0, color="#999", lw=0.8)
+    ax.set_xlabel("Δ proxy reward (judge RM) vs base")
+    ax.set_ylabel("Δ gold text quality vs base")
+    ax.set_title("Reward hacking shows as proxy up, gold flat or down", fontsize=10)
+    fig.savefig(path)
+    return path
+
+
+def plot_length(results: dict, path: Path) -> Path | None:
+    pts = []
+    for c in results["cells"]:
+        ln, r = _delta(results, c["cell"], "karma", "length"), _delta(results, c["cell"], "karma", "reward")
+        if ln and r and ln["delta"] is not None and r["delta"] is not None:
+            pts.append((c, ln, r))
+    if not pts:
+        return None
+    fig = _figure(5.5, 4.2)
+    ax = fig.add_subplot()
+    for c, ln, r in pts:
+        ax.scatter([ln["delta"]], [r["delta"]], color=CONDITION_COLORS.get(c["condition"], "#555"))
+        ax.annotate(c["cell"], (ln["delta"], r["delta"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(0, color="#999", lw=0.8)
+    ax.axvline(0, color="#999", lw=0.8)
+    ax.set_xlabel("Δ reply length (tokens) vs base")
+    ax.set_ylabel("Δ judge reward vs base")
+    ax.set_title("Length bias: does reward follow length?", fontsize=10)
+    fig.savefig(path)
+    return path
+
+
+# -- tables ------------------------------------------------------------------------------------------------
+
+
+def _ci(value: Any, ci: Sequence[Any] | None) -> str:
+    lo, hi = (ci or (None, None))
+    return format_estimate(value, lo, hi)
+
+
+def _cell_delta(d: dict | None) -> str:
+    if d is None:
+        return "—"
+    return f"{format_estimate(d['delta'], d['ci_low'], d['ci_high'], signed=True)} p={format_p(d.get('p_holm'))}{significance_mark(d.get('p_holm'))}"
+
+
+def tables(results: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """(title, note, header, rows) of every table, for both renderings."""
+    out = []
+    rm = results["rm"]
+    out.append(("Reward models: karma prediction on held-out threads",
+                "Test Spearman (Fisher 95% CI) and pairwise accuracy (Wilson 95% CI). random/constant are the controls.",
+                ["variant", "Spearman", "pairwise accuracy", "n", "pairs"],
+                [[v, _ci(r["spearman"], r["spearman_ci"]), _ci(r["pairwise_accuracy"], r["pairwise_accuracy_ci"]), f"{r['n']:,}",
+                  f"{r['n_pairs']:,}"] for v, r in sorted(rm.items(), key=lambda kv: -(kv[1]["pairwise_accuracy"] or 0))]))
+    metrics = headline_metrics(results)
+    out.append(("Downstream change against the base policy",
+                "Δ = policy − base, paired bootstrap 95% CI; p Holm-corrected across one policy's tasks (* <0.05, ** <0.01, *** <0.001).",
+                ["policy", "RM acc", *[f"{t} {m}" for t, m in metrics]],
+                [[c["cell"], format_estimate(c["rm_pairwise_accuracy"]), *[_cell_delta(_delta(results, c["cell"], t, m)) for t, m in metrics]]
+                 for c in results["cells"] if c["cell"] in results["downstream"]]
+                + ([["sft (exposure only)", "—", *[_cell_delta(_delta(results, "sft", t, m)) for t, m in metrics]]]
+                   if "sft" in results["downstream"] else [])))
+    out.append(("PPO per cell", "Reward of the cell's own RM: first and last iteration, and the mean ± se of the last quarter.",
+                ["cell", "iterations", "reward first", "reward last", "reward tail mean ± se", "KL last", "KL max", "node", "error"],
+                [[c["cell"], str(c["ppo"].get("iterations", "—")), format_estimate(c["ppo"].get("reward_first")),
+                  format_estimate(c["ppo"].get("reward_last")),
+                  (f"{format_estimate(c['ppo']['reward_tail_mean'])} ± {format_estimate(c['ppo']['reward_tail_se'])}"
+                   if c["ppo"].get("reward_tail_mean") is not None else "—"),
+                  format_estimate(c["ppo"].get("kl_last")), format_estimate(c["ppo"].get("kl_max")), c.get("node") or "—",
+                  c["error"][:200] or "—"] for c in results["cells"]]))
+    lin = results["lineage"]
+    out.append(("Exposure, checked by lineage", lin.get("prompts", ""),
+                ["cell", "condition", "start policy saw the corpus", "as the condition says"],
+                [[n, c["condition"], "yes" if c["start_saw_corpus"] else "no", "ok" if c["ok"] else "WRONG"]
+                 for n, c in lin.get("cells", {}).items()]))
+    st = results["stages"]
+    out.append(("Stages", f"{len(st['ran'])} run by this call, {len(st['skipped'])} skipped as finished with the same config.",
+                ["stage", "this call", "wall s"],
+                [[k, "ran", str(st["wall_s"].get(k, st["wall_s"].get("ppo", "")) if k.startswith("ppo/") else st["wall_s"].get(k, ""))]
+                 for k in st["ran"]] + [[k, "skipped (finished)", ""] for k in st["skipped"]]))
+    return out
+
+
+def findings(results: dict) -> list[str]:
+    """Plain sentences answering the study's questions from the numbers above (no claim without its test)."""
+    lines = []
+    rm = {v: r for v, r in results["rm"].items() if v not in CONTROLS and r["pairwise_accuracy"] is not None}
+    if rm:
+        best = max(rm, key=lambda v: rm[v]["pairwise_accuracy"])
+        lines.append(f"Best karma predictor: {best} (test pairwise accuracy {_ci(rm[best]['pairwise_accuracy'], rm[best]['pairwise_accuracy_ci'])}).")
+    for task, metric in headline_metrics(results)[:1] + [m for m in headline_metrics(results) if m[0].startswith("truthfulqa")][:1]:
+        deltas = [(c["cell"], _delta(results, c["cell"], task, metric)) for c in results["cells"]]
+        deltas = [(n, d) for n, d in deltas if d and d["delta"] is not None]
+        if deltas:
+            n, d = max(deltas, key=lambda nd: nd[1]["delta"])
+            falls = sum(1 for _, d2 in deltas if d2["ci_high"] is not None and d2["ci_high"] < 0)
+            lines.append(f"{task} {metric}: largest change {n} {_cell_delta(d)}; CI wholly below 0 in {falls} of {len(deltas)} policies.")
+    failed = [c["cell"] for c in results["cells"] if c["error"]]
+    if failed:
+        lines.append(f"Failed cells (errors in the PPO table): {', '.join(failed)}.")
+    return lines
+
+
+def render_markdown(results: dict, plots: dict[str, Path]) -> str:
+    md = [f"# KARMA experiment: {results['name']}", "",
+          f"Seeds: PPO {results['seeds']['ppo']}, evaluation {results['seeds']['eval']}, corpus {results['seeds']['corpus']}. "
+          f"Per-task evaluation report: `{results['eval_report']}`.", ""]
+    md += ["## Findings", "", *[f"- {line}" for line in findings(results)], ""]
+    for name, file in plots.items():
+        md += [f"![{name}]({file.name})", ""]
+    for title, note, header, rows in tables(results):
+        md += [f"## {title}", "", note, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    if results["eval_warnings"]:
+        md += ["## Evaluation warnings", "", *[f"- {w}" for w in results["eval_warnings"]], ""]
+    return "\n".join(md)
+
+
+def render_html(results: dict, plots: dict[str, Path]) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>KARMA experiment: {e(results['name'])}</title>",
+             "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}"
+             "th{background:#f3f3f3}.note{color:#555;font-size:13px}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}</style></head><body>",
+             f"<h1>KARMA experiment: {e(results['name'])}</h1>",
+             f"<p class='note'>Seeds: PPO {e(str(results['seeds']['ppo']))}, evaluation {e(str(results['seeds']['eval']))}, corpus "
+             f"{e(str(results['seeds']['corpus']))}. Per-task evaluation: <a href='eval/report.html'>eval/report.html</a>.</p>",
+             "<h2>Findings</h2><ul>", *[f"<li>{e(line)}</li>" for line in findings(results)], "</ul>"]
+    for name, file in plots.items():
+        parts.append(f"<img src='{e(file.name)}' alt='{e(name)}'>")
+    for title, note, header, rows in tables(results):
+        parts.append(f"<h2>{e(title)}</h2><p class='note'>{e(note)}</p><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    if results["eval_warnings"]:
+        parts += ["<h2>Evaluation warnings</h2><ul>", *[f"<li>{e(w)}</li>" for w in results["eval_warnings"]], "</ul>"]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(results: dict, output: Path) -> tuple[Path, Path]:
+    plots = {}
+    for name, fn, file in (("headline", plot_headline, HEADLINE_PLOT), ("gold vs proxy", plot_gold, GOLD_PLOT),
+                           ("length bias", plot_length, LENGTH_PLOT)):
+        path = fn(results, output / file)
+        if path is None:
+            (output / file).unlink(missing_ok=True)
+        else:
+            plots[name] = path
+    html_path, md_path = output / "report.html", output / "report.md"
+    html_path.write_text(render_html(results, plots), encoding="utf-8")
+    md_path.write_text(render_markdown(results, plots), encoding="utf-8")
+    return html_path, md_path
+
+
+__all__ = ["build_results", "fisher_ci", "wilson_ci", "write_report"]
