@@ -68,6 +68,10 @@ class RayConfig:
     )
     include_dashboard: bool = option(False, "Start the dashboard with a local cluster (needs ray[default]).")
     progress_bars: bool = option(True, "Show Ray Data progress bars.")
+    log_to_driver: bool = option(
+        True, "Stream Ray workers' stdout/stderr to this console; off, they stay in the Ray session's "
+        "log files (logs/ of the session folder). `karma experiment` always turns it off."
+    )
 
     def validate(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:

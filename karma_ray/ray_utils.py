@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from karma_ray.config import RayConfig
 
@@ -22,6 +23,16 @@ _WORKER_ENV_DEFAULTS = {
 }
 
 
+def session_log_dir() -> Path:
+    """The connected Ray session's log folder (workers' stdout/stderr live there)."""
+    try:  # no public API names the session folder; this is what `ray.init` prints from
+        from ray._private import worker
+
+        return Path(worker._global_node.get_session_dir_path()) / "logs"
+    except Exception:  # noqa: BLE001 - a display hint only; Ray's documented default
+        return Path("/tmp/ray/session_latest/logs")
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Join `cfg.address` (or $RAY_ADDRESS, set inside `ray job submit`), else start a local cluster.
 
@@ -33,7 +44,7 @@ def init_ray(cfg: RayConfig) -> None:
         return
     env_vars = {k: os.environ.get(k, v) for k, v in _WORKER_ENV_DEFAULTS.items()}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
+    kwargs: dict = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": cfg.log_to_driver}
     if address:
         ray.init(address=address, **kwargs)
     else:

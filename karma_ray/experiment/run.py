@@ -289,12 +289,19 @@ def ppo_cell_trial(config: dict, cells: dict, steps: dict) -> None:
 
     from karma_ray.rlhf.cli import run_ppo
 
+    from karma_ray.rlhf.placement import OWNER_ENV
+
     name = config["cell"]
     step = steps[name]
+    os.environ[OWNER_ENV] = tune.get_context().get_trial_id()  # names this run's placement groups
     if not is_done(step):
         run_ppo(cells[name], step.folder, overwrite=True)
-        mark_done(step, ppo_summary(step.folder))
-    tune.report(ppo_summary(step.folder) | {"node": os.uname().nodename, "node_ip": _node_ip()})
+        mark_done(step, ppo_summary(step.folder) | {"node_ip": _node_ip()})
+    tune.report(_marker_summary(step))
+
+
+def _marker_summary(step: Step) -> dict:
+    return json.loads((step.folder / MARKER).read_text()).get("summary", {})
 
 
 def _node_ip() -> str:
@@ -321,13 +328,19 @@ def run_ppo_matrix(plan: ExperimentPlan, log: StageLog) -> dict[str, dict]:
     import ray
     from ray import tune
 
-    from karma_ray.rlhf.placement import plan_placement
+    from karma_ray.console import stage_bar, tune_progress
+    from karma_ray.rlhf.placement import plan_placement, release_placement_groups_callback
     from karma_ray.rlhf.roles import role_requests
 
     steps = {c.name: plan.steps[f"ppo/{c.name}"] for c in plan.cells}
     todo = [c for c in plan.cells if not is_done(steps[c.name])]
     log.skipped += [f"ppo/{c.name}" for c in plan.cells if c not in todo]
-    outcomes: dict[str, dict] = {c.name: {"summary": ppo_summary(steps[c.name].folder), "error": ""} for c in plan.cells if c not in todo}
+    outcomes: dict[str, dict] = {}
+    for c in plan.cells:
+        if c not in todo:
+            summary = _marker_summary(steps[c.name])
+            outcomes[c.name] = {"summary": {k: v for k, v in summary.items() if k in _SUMMARY_KEYS},
+                                "node": summary.get("node_ip"), "error": ""}
     if outcomes:
         say(f"6 ppo: {len(outcomes)} of {len(plan.cells)} cells finished with this config, skipped")
     if not todo:
@@ -342,14 +355,16 @@ def run_ppo_matrix(plan: ExperimentPlan, log: StageLog) -> dict[str, dict]:
     trainable = tune.with_resources(
         tune.with_parameters(ppo_cell_trial, cells={c.name: plan.ppo[c.name] for c in todo}, steps=steps),
         {"cpu": plan.cfg.ppo.trial_cpus})
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"cell": tune.grid_search([c.name for c in todo])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(storage_path=str((plan.output / "tune").resolve()), name="ppo_matrix",
-                                  failure_config=tune.FailureConfig(max_failures=plan.cfg.ppo.max_failures), verbose=0),
-    )
-    grid = tuner.fit()
+    with stage_bar("ppo matrix", total=len(todo), unit="cell") as bar:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"cell": tune.grid_search([c.name for c in todo])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(storage_path=str((plan.output / "tune").resolve()), name="ppo_matrix",
+                                      failure_config=tune.FailureConfig(max_failures=plan.cfg.ppo.max_failures),
+                                      verbose=0, callbacks=[tune_progress(bar), release_placement_groups_callback()]),
+        )
+        grid = tuner.fit()
     for result in grid:
         name = result.config["cell"]
         m = result.metrics or {}
@@ -386,7 +401,8 @@ def run_experiment(cfg: ExperimentConfig, output: str | os.PathLike, *, resume: 
                    overwrite: bool = False) -> ExperimentResult:
     """Run (or continue) the study in `output`. A folder holding an earlier run of an experiment is
     continued, finished stages skipped (`resume`, the default); `overwrite` starts it over."""
-    from karma_ray.ray_utils import init_ray
+    from karma_ray.console import quiet_ray
+    from karma_ray.ray_utils import init_ray, session_log_dir
 
     start = time.monotonic()
     plan = plan_experiment(cfg, output)  # every config built and validated: nothing has been written yet
@@ -402,7 +418,13 @@ def run_experiment(cfg: ExperimentConfig, output: str | os.PathLike, *, resume: 
 
     # One cluster for every stage. Its dashboard (on cfg.ray.dashboard_host, loopback by default) is on:
     # Ray Train frees a finished trial's placement group through the State API, which needs it.
-    init_ray(replace(cfg.ray, include_dashboard=True))
+    # Workers' output and the driver's Ray records go to files (console.quiet_ray): the console shows
+    # one line and one bar per stage.
+    ray_log = quiet_ray(out / "logs")
+    init_ray(replace(cfg.ray, include_dashboard=True, log_to_driver=False))
+    import ray
+
+    say(f"Ray {ray.__version__}: {ray.cluster_resources().get('CPU', 0):g} CPUs; Ray's logs: {ray_log} and {session_log_dir()}")
 
     if cfg.corpus.synthetic_comments:
         def synth() -> dict:

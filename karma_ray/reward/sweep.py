@@ -155,6 +155,7 @@ def run_sweep_rm(cfg: SweepConfig, output: str | os.PathLike, *, data: str | os.
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from karma_ray.console import stage_bar, tune_progress
     from karma_ray.ray_utils import init_ray
     from karma_ray.reward.train import evaluate_model_dir, export_checkpoint
 
@@ -183,14 +184,17 @@ def run_sweep_rm(cfg: SweepConfig, output: str | os.PathLike, *, data: str | os.
         tune.with_parameters(sweep_trial, base=cfg.rm, data=str(Path(data).resolve()), output=str(out.resolve())),
         {"cpu": s.trial_cpus},
     )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=_search_space(s),
-        tune_config=tune.TuneConfig(metric=objective, mode=mode, scheduler=scheduler, num_samples=s.num_samples,
-                                    max_concurrent_trials=s.max_concurrent_trials),
-        run_config=tune.RunConfig(storage_path=str((out / "tune").resolve()), name="sweep_rm"),
-    )
-    grid = tuner.fit()
+    n_trials = s.num_samples * (len(trial_specs(s)) if s.mode == "grid" else 1)
+    with stage_bar("rm sweep", total=n_trials, unit="trial") as bar:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_search_space(s),
+            tune_config=tune.TuneConfig(metric=objective, mode=mode, scheduler=scheduler, num_samples=s.num_samples,
+                                        max_concurrent_trials=s.max_concurrent_trials),
+            run_config=tune.RunConfig(storage_path=str((out / "tune").resolve()), name="sweep_rm", verbose=0,
+                                      callbacks=[tune_progress(bar)]),
+        )
+        grid = tuner.fit()
 
     trials = []
     for result in grid:

@@ -15,6 +15,8 @@ with a clear message when the cluster cannot satisfy them in time, instead of wa
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -113,11 +115,21 @@ class Placement:
             remove_placement_group(pg)
 
 
+# Set by a Ray Tune trial that runs PPO (rlhf.sweep, the experiment's matrix): the trial id, appended
+# to the names of the placement groups the run creates. Placement groups belong to the job, not to the
+# actor that created them (measured: one made by an actor ray.kill-ed stays CREATED), so a trial that
+# Tune stops or loses keeps its CPUs reserved until the driver removes them by this name.
+OWNER_ENV = "KARMA_PLACEMENT_OWNER"
+
+
 def create_placement(plan: PlacementPlan, timeout_s: float) -> Placement:
     import ray
     from ray.util import placement_group, remove_placement_group
 
-    groups = {name: placement_group(bundles, strategy=plan.strategy, name=f"karma-{name}") for name, bundles in plan.groups.items()}
+    owner = os.environ.get(OWNER_ENV, "")
+    suffix = f"-{owner}" if owner else ""
+    groups = {name: placement_group(bundles, strategy=plan.strategy, name=f"karma-{name}{suffix}")
+              for name, bundles in plan.groups.items()}
     ready, _ = ray.wait([pg.ready() for pg in groups.values()], num_returns=len(groups), timeout=timeout_s)
     if len(ready) < len(groups):
         for pg in groups.values():
@@ -138,3 +150,43 @@ def check_fits(plan: PlacementPlan, cluster: dict[str, float]) -> Optional[str]:
     if not short:
         return None
     return "; ".join(f"{k}: needs {v:g}, cluster has {h:g}" for k, (v, h) in short.items())
+
+
+def remove_owned_placement_groups(owner: str) -> list[str]:
+    """Remove every live placement group whose name ends in `-<owner>` (see OWNER_ENV); returns their names."""
+    from ray.util import get_placement_group, placement_group_table, remove_placement_group
+
+    removed: list[str] = []
+    for _ in range(64):  # names may repeat (a retried trial): take them one lookup at a time
+        live = [info["name"] for info in placement_group_table().values()
+                if owner and (info.get("name") or "").endswith(f"-{owner}") and info.get("state") != "REMOVED"]
+        if not live:
+            break
+        remove_placement_group(get_placement_group(live[0]))
+        removed.append(live[0])
+    return removed
+
+
+def release_placement_groups_callback() -> Any:
+    """A Tune callback that removes the placement groups a finished, stopped or failed trial's PPO
+    roles created. Placement groups belong to the job, not to the trial actor that made them, so
+    a trial ASHA stops (its actor is killed) would otherwise keep its CPUs reserved forever and
+    the next trial would wait for them. Each trial sets OWNER_ENV to its id, so its PPO roles'
+    groups are named `karma-<group>-<trial id>`: that is how they are found. A trial Tune retries
+    (a lost node) is released before its retry starts."""
+    from ray import tune
+
+    class ReleasePlacementGroups(tune.Callback):
+        def _release(self, trial: Any) -> None:
+            remove_owned_placement_groups(trial.trial_id)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._release(trial)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._release(trial)
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._release(trial)
+
+    return ReleasePlacementGroups()
