@@ -6,6 +6,7 @@
     karma sweep-rm --data PREPARED --output DIR [--config configs/rm/sweep_NAME.yaml] [key=value ...]
     karma sft      --data PREPARED --output DIR [--config configs/sft/NAME.yaml] [key=value ...]
     karma ppo      --config configs/ppo/NAME.yaml --output DIR [--resume] [key=value ...]
+    karma sweep-ppo --config configs/ppo/sweep_NAME.yaml --output DIR [key=value ...]
     karma eval     --config configs/eval/NAME.yaml --model PATH [--model PATH ...] --output DIR [key=value ...]
     karma experiment --config configs/experiment/NAME.yaml --output DIR [--overwrite] [key=value ...]
 
@@ -92,6 +93,7 @@ COMMANDS = {
     "sweep-rm": "karma_ray.reward.cli:sweep_rm_main",
     "sft": "karma_ray.sft.cli:sft_main",
     "ppo": "karma_ray.rlhf.cli:ppo_main",
+    "sweep-ppo": "karma_ray.rlhf.cli:sweep_ppo_main",
     "eval": "karma_ray.eval.cli:eval_main",
     "experiment": "karma_ray.experiment.cli:experiment_main",
 }

@@ -40,6 +40,12 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:
     return field(default=default, metadata={"help": help, **kwargs})
 
 
+def mapping_option(default: Mapping, help: str) -> Any:
+    """A mapping-valued field (read-only, like every loaded mapping) with help text."""
+    frozen = types.MappingProxyType(dict(default))
+    return field(default_factory=lambda: frozen, metadata={"help": help})
+
+
 def section(cls: type, help: str) -> Any:
     """A nested config section with help text."""
     return field(default_factory=cls, metadata={"help": help})
@@ -429,5 +435,5 @@ def describe(cls: type, prefix: str = "") -> list[str]:
             lines.extend(describe(tp, prefix=key + "."))
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            lines.append(f"  {key} = {to_dict(default) if dataclasses.is_dataclass(default) else default!r}  # {f.metadata.get('help', '')}")
+            lines.append(f"  {key} = {to_dict(default) if dataclasses.is_dataclass(default) or isinstance(default, Mapping) else default!r}  # {f.metadata.get('help', '')}")
     return lines

@@ -21,21 +21,33 @@ from typing import Any, Iterator
 RAY_DRIVER_LOG = "ray_driver.log"
 
 
+# Loggers of the libraries whose records belong in the log file, not on the console.
+QUIET_LOGGERS = ("ray", "deepspeed", "DeepSpeed", "vllm", "torch.distributed")
+_handlers: dict[Path, logging.Handler] = {}
+
+
 def quiet_ray(log_dir: Path) -> Path:
-    """Send the driver's Ray, Ray Data/Train/Tune, DeepSpeed and vLLM log records to a file instead
-    of the console; returns the file. Call before `ray.init`."""
-    log_dir = Path(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / RAY_DRIVER_LOG
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("ray", "deepspeed", "DeepSpeed", "vllm", "torch.distributed"):
+    """Send the driver's Ray (Data, Train, Tune), DeepSpeed and vLLM log records to
+    LOG_DIR/ray_driver.log instead of the console; returns the file. Idempotent: call it before
+    `ray.init` and again at each stage's start, since Ray Data, DeepSpeed and Ray's own init attach
+    their console handlers when they are first imported or started."""
+    path = (Path(log_dir) / RAY_DRIVER_LOG).resolve()
+    handler = _handlers.get(path)
+    if handler is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = _handlers[path] = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    names = set(QUIET_LOGGERS) | {n for n in logging.root.manager.loggerDict if n.split(".")[0] in QUIET_LOGGERS}
+    for name in names:
         logger = logging.getLogger(name)
         for h in list(logger.handlers):
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):  # the console ones
                 logger.removeHandler(h)
-        logger.addHandler(handler)
-        logger.propagate = False
+        if name in QUIET_LOGGERS and handler not in logger.handlers:
+            logger.addHandler(handler)
+            logger.propagate = False
+        elif name not in QUIET_LOGGERS and logger.handlers and handler not in logger.handlers:
+            logger.addHandler(handler)  # a child with handlers of its own (ray.data) does not propagate
     # Tune's new console output honours verbose=0 except for its start banner: the legacy reporter
     # prints nothing at verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -74,7 +86,10 @@ def tune_progress(bar: Any) -> Any:
 
 def _trial_label(trial: Any) -> str:
     config = getattr(trial, "config", {}) or {}
+    spec = config.get("spec") if isinstance(config.get("spec"), dict) else {}
     for key in ("cell", "variant", "name"):
         if key in config:
             return str(config[key])
+        if key in spec:  # the reward-model sweep's grid point
+            return str(spec[key])
     return str(getattr(trial, "trial_id", "trial"))

@@ -76,6 +76,7 @@ def build_results(plan: Any, outcomes: dict[str, dict], lineage: dict, log: Any)
         o = outcomes.get(cell.name, {"summary": {}, "error": "not run"})
         cells.append({"cell": cell.name, "variant": cell.variant, "condition": cell.condition, "seed": cell.seed,
                       "ppo": o.get("summary", {}), "node": o.get("node"), "error": o.get("error", ""),
+                      "retries": len(o.get("retried_after", [])), "role_nodes": o.get("role_nodes", []),
                       "rm_spearman": rm.get(cell.variant, {}).get("spearman"),
                       "rm_pairwise_accuracy": rm.get(cell.variant, {}).get("pairwise_accuracy")})
     higher = {(t["task"], t["metric"]): t.get("higher_is_better") for t in evaluation.get("tasks", [])}
@@ -238,13 +239,13 @@ def tables(results: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                 + ([["sft (exposure only)", "—", *[_cell_delta(_delta(results, "sft", t, m)) for t, m in metrics]]]
                    if "sft" in results["downstream"] else [])))
     out.append(("PPO per cell", "Reward of the cell's own RM: first and last iteration, and the mean ± se of the last quarter.",
-                ["cell", "iterations", "reward first", "reward last", "reward tail mean ± se", "KL last", "KL max", "node", "error"],
+                ["cell", "iterations", "reward first", "reward last", "reward tail mean ± se", "KL last", "KL max", "node", "retries", "error"],
                 [[c["cell"], str(c["ppo"].get("iterations", "—")), format_estimate(c["ppo"].get("reward_first")),
                   format_estimate(c["ppo"].get("reward_last")),
                   (f"{format_estimate(c['ppo']['reward_tail_mean'])} ± {format_estimate(c['ppo']['reward_tail_se'])}"
                    if c["ppo"].get("reward_tail_mean") is not None else "—"),
                   format_estimate(c["ppo"].get("kl_last")), format_estimate(c["ppo"].get("kl_max")), c.get("node") or "—",
-                  c["error"][:200] or "—"] for c in results["cells"]]))
+                  str(c.get("retries", 0)), c["error"][:200] or "—"] for c in results["cells"]]))
     lin = results["lineage"]
     out.append(("Exposure, checked by lineage", lin.get("prompts", ""),
                 ["cell", "condition", "start policy saw the corpus", "as the condition says"],

@@ -21,6 +21,7 @@ an unknown variant or a PPO cell that cannot fit the cluster fails before any tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from karma_ray.config import ConfigError, PrepareConfig, load_config, save_resolved, to_dict
 from karma_ray.experiment.config import ExperimentConfig
@@ -267,6 +268,9 @@ class StageLog:
 
 
 def cached(step: Step, log: StageLog, label: str, run: Callable[[], Optional[dict]]) -> None:
+    from karma_ray.console import quiet_ray
+
+    quiet_ray(step.folder.parent / "logs")  # a library imported by the last stage may have added console handlers
     if is_done(step):
         log.skipped.append(step.key)
         say(f"{label}: finished with this config, skipped ({step.folder})")
@@ -293,21 +297,53 @@ def ppo_cell_trial(config: dict, cells: dict, steps: dict) -> None:
 
     name = config["cell"]
     step = steps[name]
-    os.environ[OWNER_ENV] = tune.get_context().get_trial_id()  # names this run's placement groups
+    owner = os.environ[OWNER_ENV] = tune.get_context().get_trial_id()  # names this run's placement groups
     if not is_done(step):
-        run_ppo(cells[name], step.folder, overwrite=True)
-        mark_done(step, ppo_summary(step.folder) | {"node_ip": _node_ip()})
+        with _role_nodes(owner) as nodes:
+            run_ppo(cells[name], step.folder, overwrite=True)
+        mark_done(step, ppo_summary(step.folder) | _node() | {"role_nodes": sorted(nodes)})
     tune.report(_marker_summary(step))
+
+
+@contextlib.contextmanager
+def _role_nodes(owner: str, every_s: float = 2.0) -> Iterator[set[str]]:
+    """The nodes hosting the bundles of this trial's placement groups (its PPO roles), sampled
+    while the run lasts: where a cell ran, beyond the node of the trial's own driver."""
+    import threading
+
+    from ray.util import placement_group_table
+
+    nodes: set[str] = set()
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                for info in placement_group_table().values():
+                    if (info.get("name") or "").endswith(f"-{owner}") and info.get("state") == "CREATED":
+                        nodes.update(n[:12] for n in (info.get("bundles_to_node_id") or {}).values() if n)
+            except Exception:  # noqa: BLE001 - a display record only; the GCS may be busy
+                pass
+            stop.wait(every_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield nodes
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _marker_summary(step: Step) -> dict:
     return json.loads((step.folder / MARKER).read_text()).get("summary", {})
 
 
-def _node_ip() -> str:
+def _node() -> dict:
+    """Where the trial ran: the node's id (several nodes of one machine share an IP) and IP."""
     import ray
 
-    return ray.util.get_node_ip_address()
+    return {"node": ray.get_runtime_context().get_node_id()[:12], "node_ip": ray.util.get_node_ip_address()}
 
 
 def ppo_summary(folder: Path) -> dict:
@@ -340,7 +376,8 @@ def run_ppo_matrix(plan: ExperimentPlan, log: StageLog) -> dict[str, dict]:
         if c not in todo:
             summary = _marker_summary(steps[c.name])
             outcomes[c.name] = {"summary": {k: v for k, v in summary.items() if k in _SUMMARY_KEYS},
-                                "node": summary.get("node_ip"), "error": ""}
+                                "node": summary.get("node") or summary.get("node_ip"),
+                                "role_nodes": summary.get("role_nodes", []), "error": ""}
     if outcomes:
         say(f"6 ppo: {len(outcomes)} of {len(plan.cells)} cells finished with this config, skipped")
     if not todo:
@@ -355,6 +392,7 @@ def run_ppo_matrix(plan: ExperimentPlan, log: StageLog) -> dict[str, dict]:
     trainable = tune.with_resources(
         tune.with_parameters(ppo_cell_trial, cells={c.name: plan.ppo[c.name] for c in todo}, steps=steps),
         {"cpu": plan.cfg.ppo.trial_cpus})
+    retries: dict[str, list[str]] = {}
     with stage_bar("ppo matrix", total=len(todo), unit="cell") as bar:
         tuner = tune.Tuner(
             trainable,
@@ -362,17 +400,31 @@ def run_ppo_matrix(plan: ExperimentPlan, log: StageLog) -> dict[str, dict]:
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(storage_path=str((plan.output / "tune").resolve()), name="ppo_matrix",
                                       failure_config=tune.FailureConfig(max_failures=plan.cfg.ppo.max_failures),
-                                      verbose=0, callbacks=[tune_progress(bar), release_placement_groups_callback()]),
+                                      verbose=0, callbacks=[tune_progress(bar), release_placement_groups_callback(),
+                                                                 _recorded_retries(retries)]),
         )
         grid = tuner.fit()
     for result in grid:
         name = result.config["cell"]
         m = result.metrics or {}
         outcomes[name] = {"summary": {k: v for k, v in m.items() if k in _SUMMARY_KEYS},
-                          "node": m.get("node_ip"), "error": repr(result.error) if result.error else ""}
+                          "node": m.get("node") or m.get("node_ip"), "role_nodes": m.get("role_nodes", []),
+                          "error": repr(result.error) if result.error else "",
+                          "retried_after": retries.get(name, [])}
         log.ran.append(f"ppo/{name}")
     log.wall_s["ppo"] = round(time.monotonic() - t0, 1)
     return outcomes
+
+
+def _recorded_retries(into: dict[str, list[str]]) -> Any:
+    """A Tune callback noting each failed attempt of a cell that Tune retries (cell -> its errors)."""
+    from ray import tune
+
+    class RecordRetries(tune.Callback):
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            into.setdefault(trial.config["cell"], []).append(str(getattr(trial, "error_file", "") or "failed"))
+
+    return RecordRetries()
 
 
 _SUMMARY_KEYS = ("iterations", "reward_first", "reward_last", "reward_tail_mean", "reward_tail_se", "kl_last", "kl_max")
@@ -421,8 +473,19 @@ def run_experiment(cfg: ExperimentConfig, output: str | os.PathLike, *, resume: 
     # Workers' output and the driver's Ray records go to files (console.quiet_ray): the console shows
     # one line and one bar per stage.
     ray_log = quiet_ray(out / "logs")
+    import torch
+
+    if not torch.cuda.is_available():
+        # DeepSpeed warns at import when it has to detect the accelerator; name it (what our workers do)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars of every save: the stage's bar is enough
     init_ray(replace(cfg.ray, include_dashboard=True, log_to_driver=False))
     import ray
+    import ray.data  # noqa: F401 - it configures its loggers on import: quiet them with the rest
+
+    quiet_ray(out / "logs")
 
     say(f"Ray {ray.__version__}: {ray.cluster_resources().get('CPU', 0):g} CPUs; Ray's logs: {ray_log} and {session_log_dir()}")
 

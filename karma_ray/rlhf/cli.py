@@ -12,7 +12,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from karma_ray.config import ConfigError, describe, load_config
 from karma_ray.rlhf.config import PPOConfig
@@ -66,25 +66,36 @@ def check_paths(cfg: PPOConfig) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def ppo_main(argv: Sequence[str]) -> int:
+def _parse_command(prog: str, description: str, config_cls: type, argv: Sequence[str],
+                   resume: bool) -> Optional[tuple[argparse.Namespace, list[str]]]:
+    """(args, overrides) of a `karma ppo`-shaped command line; None when --help-config printed the keys."""
     from karma_ray.cli import split_overrides
 
-    p = argparse.ArgumentParser(prog="karma ppo", description="PPO against reward models on Ray actors.")
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("items", nargs="*", help="key=value config overrides")
     p.add_argument("--config", "-c", help="YAML config (see configs/ppo/)")
-    p.add_argument("--output", "-o", help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --output")
-    p.add_argument("--overwrite", action="store_true", help="start over in an existing run directory")
+    p.add_argument("--output", "-o", help="output directory")
+    if resume:
+        p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --output")
+    p.add_argument("--overwrite", action="store_true", help="start over in an existing output directory")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
     args = p.parse_intermixed_args(argv)
     if args.help_config:
-        print("\n".join(describe(PPOConfig)))
-        return 0
+        print("\n".join(describe(config_cls)))
+        return None
     paths, overrides = split_overrides(args.items)
     if paths:
         p.error(f"unexpected arguments {paths} (overrides look like key=value)")
     if not args.output:
         p.error("--output is required")
+    return args, overrides
+
+
+def ppo_main(argv: Sequence[str]) -> int:
+    parsed = _parse_command("karma ppo", "PPO against reward models on Ray actors.", PPOConfig, argv, resume=True)
+    if parsed is None:
+        return 0
+    args, overrides = parsed
     try:
         cfg = load_config(PPOConfig, args.config, overrides)
         # run_ppo checks paths, prompts and the output folder before any Ray work
@@ -113,8 +124,10 @@ def _is_ppo_output(folder: Path) -> bool:
     return (folder / "metrics.jsonl").exists() or (folder / "config.yaml").exists()
 
 
-def run_ppo(cfg: PPOConfig, output: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> PPOResult:
-    """The PPO stage: claim the folder, run the driver to the configured iterations, export the policy."""
+def run_ppo(cfg: PPOConfig, output: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+            on_iteration_end: Optional[Callable[[Any, dict], None]] = None) -> PPOResult:
+    """The PPO stage: claim the folder, run the driver to the configured iterations, export the policy.
+    `on_iteration_end(driver, metrics)` is called after every iteration (a Tune trial reports there)."""
     check_paths(cfg)  # before the claim: a bad config must not cost an --overwrite its folder
     out = claim_output(output, "ppo", resume=resume, overwrite=overwrite, recognizes=_is_ppo_output)
     from karma_ray.rlhf.driver import PPODriver  # imports Ray: only once the checks have passed
@@ -123,10 +136,31 @@ def run_ppo(cfg: PPOConfig, output: str | os.PathLike, *, resume: bool = False, 
     begin_stage(out, "ppo", digest)
     driver = PPODriver(cfg, out, resume=resume)
     try:
-        history = driver.fit()
+        history = driver.fit(on_iteration_end)
         final = driver.export_policy()
     finally:
         driver.shutdown()
     last = dict(history[-1]) if history else {}
     finish_stage(out, "ppo", digest, {k: last[k] for k in ("reward_mean", "kl") if k in last})
     return PPOResult(out, Path(final), out / "metrics.jsonl", len(history), last)
+
+
+def sweep_ppo_main(argv: Sequence[str]) -> int:
+    from karma_ray.rlhf.sweep import SweepPPOConfig, plan_trials, run_sweep_ppo
+
+    parsed = _parse_command("karma sweep-ppo", "Ray Tune over PPO settings (the KL coefficient), judged by the "
+                            "in-training evaluation, with ASHA early stopping.", SweepPPOConfig, argv, resume=False)
+    if parsed is None:
+        return 0
+    args, overrides = parsed
+    try:
+        cfg = load_config(SweepPPOConfig, args.config, overrides)  # builds and validates every trial's PPO config
+        for trial in plan_trials(cfg):
+            check_paths(trial.ppo)
+        sweep = run_sweep_ppo(cfg, args.output, overwrite=args.overwrite)
+    except (ConfigError, OutputExistsError) as exc:
+        print(f"karma sweep-ppo: error: {exc}", file=sys.stderr)
+        return 2
+    print((sweep.output / "summary.md").read_text())
+    print(f"results: {sweep.results_csv}  best config: {sweep.best_config}")
+    return 0 if sweep.best is not None else 1

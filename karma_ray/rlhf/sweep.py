@@ -5,7 +5,7 @@
 Each trial is one PPO run (`run_ppo`) with one point of `search.space` applied to the base config.
 The objective is not the reward the policy is trained on (that would crown the trial that hacks it
 hardest) but the in-training evaluation (`eval.every_iterations`): a weighted sum of its metrics,
-e.g. pragmatics minus a factuality penalty, `{eval/humor/acc: 1.0, eval/truthfulqa_mc2/acc: 0.5}`
+e.g. pragmatics minus a factuality penalty, `{eval/humor/acc: 1.0, eval/truthfulqa_mc2/mc2: 0.5}`
 (a positive weight on factuality: a trial that loses truthfulness loses objective). Every eval
 round is one Tune report, so ASHA compares trials round by round and stops the weak ones early.
 
@@ -23,11 +23,11 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
-from karma_ray.config import ConfigError, config_digest, load_config, option, save_resolved, section
+from karma_ray.config import ConfigError, load_config, mapping_option, option, save_resolved, section
 from karma_ray.rlhf.config import PPOConfig
-from karma_ray.stage import begin_stage, claim_output, finish_stage
+from karma_ray.stage import begin_stage, claim_output, config_digest, finish_stage
 
 STAGE = "sweep-ppo"
 OBJECTIVE = "objective"
@@ -35,11 +35,11 @@ OBJECTIVE = "objective"
 
 @dataclass(frozen=True)
 class PPOSearchConfig:
-    space: dict[str, list] = option(
-        {"algo.kl_coef": [0.005, 0.02, 0.08]},
+    space: dict[str, tuple] = mapping_option(
+        {"algo.kl_coef": (0.005, 0.02, 0.08)},
         "Dotted PPO keys -> the values to try; the trials are every combination (a grid), each `num_samples` times.")
-    objective: dict[str, float] = option(
-        {"eval/humor/acc": 1.0, "eval/truthfulqa_mc2/acc": 0.5},
+    objective: dict[str, float] = mapping_option(
+        {"eval/humor/acc": 1.0, "eval/truthfulqa_mc2/mc2": 0.5},
         "The objective, maximized: sum of weight x metric over these metrics.jsonl columns (eval/TASK/METRIC from "
         "the in-training evaluation; a training column such as kl works too, with a negative weight as a penalty).")
     num_samples: int = option(1, "Repeats of the grid (different trial names; set run.seed in the space to vary seeds).")
@@ -72,7 +72,7 @@ class SweepPPOConfig:
 
 @dataclass(frozen=True)
 class PlannedTrial:
-    params: dict  # dotted key -> value of this grid point
+    params: dict  # dotted key -> value of this grid point (plain data: it is pickled into Tune trials)
     ppo: PPOConfig = field(repr=False)
 
 
@@ -93,7 +93,7 @@ def plan_trials(cfg: SweepPPOConfig) -> list[PlannedTrial]:
     keys = list(cfg.search.space)
     trials = []
     for values in itertools.product(*(cfg.search.space[k] for k in keys)):
-        params = dict(zip(keys, values))
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in zip(keys, values)}
         try:
             ppo = load_config(PPOConfig, cfg.ppo_config, base + [f"{k}={_literal(v)}" for k, v in params.items()])
         except ConfigError as exc:
@@ -103,12 +103,17 @@ def plan_trials(cfg: SweepPPOConfig) -> list[PlannedTrial]:
     if not first.eval.every_iterations:
         raise ConfigError("the PPO config has no in-training evaluation (eval.every_iterations = 0): the sweep's "
                           "objective is computed from it; set eval.every_iterations (and eval.tasks)")
+    from karma_ray.eval.tasks import load_task_specs
+
+    reported = {s.task: s.reported_metric for s in load_task_specs(first.eval.tasks, first.eval.task_dirs)}
     for metric in cfg.search.objective:
         if metric.startswith("eval/"):
-            task = metric.split("/")[1] if metric.count("/") >= 2 else ""
-            if task not in first.eval.tasks:
+            _, task, name = (metric.split("/", 2) + ["", ""])[:3]
+            if task not in reported:
                 raise ConfigError(f"search.objective: {metric!r} names task {task!r}, which eval.tasks "
                                   f"{list(first.eval.tasks)} does not run")
+            if name != reported[task]:
+                raise ConfigError(f"search.objective: task {task} reports eval/{task}/{reported[task]}, not {metric!r}")
     return trials
 
 

@@ -16,6 +16,10 @@ def config_class(stage: str, name: str):
     if stage == "data":
         return PrepareConfig, []
     if stage == "ppo":
+        if name.startswith("sweep"):
+            from karma_ray.rlhf.sweep import SweepPPOConfig
+
+            return SweepPPOConfig, []  # its validation builds every trial's PPO config
         return PPOConfig, []
     if stage == "rm":
         from karma_ray.reward.config import RewardModelConfig, SweepConfig
