@@ -67,8 +67,11 @@ def stage_bar(desc: str, total: int, unit: str = "it") -> Iterator[Any]:
 
 def tune_progress(bar: Any) -> Any:
     """A Tune callback that ticks `bar` once per trial that completes or errors, and shows the last
-    finished trial's name and state."""
+    finished trial's name and state. Tune's own console output is then off: its new output engine
+    prints a start banner even at verbose=0, the legacy one (RAY_AIR_NEW_OUTPUT=0) nothing."""
     from ray import tune
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     class TuneProgress(tune.Callback):
         def _tick(self, trial: Any, state: str) -> None:
