@@ -193,3 +193,9 @@ def pytest_collection_modifyitems(config, items):
     wrong = [item.nodeid for item in items if "unit" in item.path.parts and "ray_cluster" in getattr(item, "fixturenames", ())]
     if wrong:
         raise pytest.UsageError(f"tests/unit must not start Ray (move them to tests/integration): {wrong[:5]}")
+
+
+def pytest_configure(config):
+    # Registered here rather than in pyproject.toml: its digest keys the Makefile's install stamp.
+    config.addinivalue_line("markers", "multinode: a multi-node Ray cluster on this machine (~15 min); "
+                            "`make test-multinode`, not in CI's slow lane (its 90 minutes)")
