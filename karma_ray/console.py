@@ -74,9 +74,22 @@ def tune_progress(bar: Any) -> Any:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     class TuneProgress(tune.Callback):
+        # Tune pickles its callbacks into the experiment folder (for Tuner.restore): the bar holds
+        # the console stream, which cannot be pickled, so it stays out of the state; a restored
+        # callback ticks nothing.
+        def __init__(self, bar: Any) -> None:  # an argument, not a closure: cloudpickle would carry it
+            self.bar = bar
+
+        def __getstate__(self) -> dict:
+            return {}
+
+        def __setstate__(self, state: dict) -> None:
+            self.bar = None
+
         def _tick(self, trial: Any, state: str) -> None:
-            bar.update(1)
-            bar.set_postfix_str(f"{_trial_label(trial)}: {state}")
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix_str(f"{_trial_label(trial)}: {state}")
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._tick(trial, "done")
@@ -84,7 +97,7 @@ def tune_progress(bar: Any) -> Any:
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._tick(trial, "FAILED")
 
-    return TuneProgress()
+    return TuneProgress(bar)
 
 
 def _trial_label(trial: Any) -> str:
