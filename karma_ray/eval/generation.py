@@ -14,7 +14,6 @@ them as they finish, so the progress bar moves.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -104,13 +103,6 @@ def load_karma_docs(corpus: str, split: str) -> LoadedSplit:
     return LoadedSplit(docs=docs, n_rows=len(docs), skipped={}, files=(str(Path(corpus).resolve()),))
 
 
-def corpus_is_synthetic(corpus: str) -> bool:
-    """True when every input of the prepared corpus sits in a folder written by `karma synth`."""
-    manifest = json.loads((Path(corpus) / "manifest.json").read_text())
-    inputs = [Path(i["path"]) for i in manifest.get("inputs", [])]
-    return bool(inputs) and all((p.parent / "synth_summary.json").is_file() or (p / "synth_summary.json").is_file() for p in inputs)
-
-
 @dataclass
 class KarmaItems:
     items: dict[str, list[ItemScore]]
@@ -144,5 +136,5 @@ def karma_items(docs: list[dict], engines: Sequence[Any], judge: Any, tokenizer:
     return KarmaItems(items, skipped)
 
 
-__all__ = ["Judge", "KarmaItems", "corpus_is_synthetic", "karma_items", "load_karma_docs", "sample",
+__all__ = ["Judge", "KarmaItems", "karma_items", "load_karma_docs", "sample",
            "toxicity_items"]

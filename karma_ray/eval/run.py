@@ -399,7 +399,8 @@ def run_eval(cfg: EvalConfig, output: str | os.PathLike, *, models: Sequence[str
     import pyarrow.parquet as pq
 
     from karma_ray.config import save_resolved
-    from karma_ray.eval.generation import Judge, corpus_is_synthetic
+    from karma_ray.data.synth import corpus_is_synthetic
+    from karma_ray.eval.generation import Judge
     from karma_ray.eval.report import write_report
     from karma_ray.ray_utils import init_ray
     from karma_ray.stage import begin_stage, claim_output, config_digest, finish_stage

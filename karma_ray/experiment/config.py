@@ -38,7 +38,7 @@ class ModelsSection:
     policy: str = option(
         "tiny", "Base policy: 'tiny' (a random-init Llama on a BPE tokenizer trained on the corpus), a local HF "
                 "folder, a hub id or a packaged: id (e.g. packaged:smollm2-135m-instruct).")
-    rm_backbone: str = option("tiny", "Reward-model backbone: 'tiny' (a random-init BERT on the corpus tokenizer) or a folder / hub id.")
+    rm_backbone: str = option("tiny", "Reward-model backbone: 'tiny' (a random-init BERT on the corpus tokenizer), a folder, a hub id or a packaged: id (packaged:minilm-l6).")
     tiny_vocab_size: int = option(2048, "Vocabulary of the corpus tokenizer of the tiny models.")
 
 

@@ -2,7 +2,8 @@
 
     results.json   rm (each variant's karma prediction, with CIs), cells (PPO per cell), downstream
                    (each policy's delta against the base per task, CI, Holm p), lineage, stages
-    report.md / report.html, headline.png (RM karma accuracy vs downstream change), gold.png (proxy
+    report.md / report.html, headline.png (RM karma accuracy vs downstream change), training.png (reward
+    and gold per PPO iteration, with noise bands), gold.png (proxy
     reward vs gold quality, synthetic corpora), length.png (reward and downstream deltas vs length)
 
 Reads only the stage folders' own outputs (rm/best.csv + metrics, ppo/*/metrics.jsonl, eval/results.json),
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 
 from karma_ray.eval.report import format_estimate, format_p, significance_mark
 
-HEADLINE_PLOT, GOLD_PLOT, LENGTH_PLOT = "headline.png", "gold.png", "length.png"
+HEADLINE_PLOT, TRAINING_PLOT, GOLD_PLOT, LENGTH_PLOT = "headline.png", "training.png", "gold.png", "length.png"
 CONDITION_COLORS = {"exposure": "#1f77b4", "base": "#d62728"}
 CONTROLS = ("random", "constant")
 
@@ -75,7 +76,8 @@ def build_results(plan: Any, outcomes: dict[str, dict], lineage: dict, log: Any)
     for cell in plan.cells:
         o = outcomes.get(cell.name, {"summary": {}, "error": "not run"})
         cells.append({"cell": cell.name, "variant": cell.variant, "condition": cell.condition, "seed": cell.seed,
-                      "ppo": o.get("summary", {}), "node": o.get("node"), "error": o.get("error", ""),
+                      "ppo": o.get("summary", {}), "curve": training_curve(out / "ppo" / cell.name / "metrics.jsonl"),
+                      "node": o.get("node"), "error": o.get("error", ""),
                       "retries": len(o.get("retried_after", [])), "role_nodes": o.get("role_nodes", []),
                       "rm_spearman": rm.get(cell.variant, {}).get("spearman"),
                       "rm_pairwise_accuracy": rm.get(cell.variant, {}).get("pairwise_accuracy")})
@@ -90,6 +92,17 @@ def build_results(plan: Any, outcomes: dict[str, dict], lineage: dict, log: Any)
         "eval_report": str(out / "eval" / "report.html"), "lineage": lineage,
         "stages": {"ran": log.ran, "skipped": log.skipped, "wall_s": log.wall_s},
     }
+
+
+CURVE_KEYS = ("step", "reward_mean", "reward_sem", "gold_mean", "gold_sem", "kl")
+
+
+def training_curve(metrics_path: Path) -> list[dict]:
+    """The iterations of one PPO cell, reduced to what the training plot draws."""
+    if not metrics_path.is_file():
+        return []
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    return [{k: r[k] for k in CURVE_KEYS if k in r} for r in rows]
 
 
 # -- plots -------------------------------------------------------------------------------------------------
@@ -156,6 +169,43 @@ def plot_headline(results: dict, path: Path) -> Path | None:
                for cond, col in CONDITION_COLORS.items()]
     fig.legend(handles=handles, loc="outside upper right", fontsize=8, title="condition (■ control)")
     fig.suptitle("Does the better karma predictor give the better policy?", fontsize=11)
+    fig.savefig(path)
+    return path
+
+
+def plot_training(results: dict, path: Path) -> Path | None:
+    """Per cell over its PPO iterations: the batch reward of its own RM and the planted gold text
+    quality (synthetic corpora), each with its 95% noise band (1.96 standard errors of the batch
+    mean), and the KL to the reference."""
+    cells = [c for c in results["cells"] if c.get("curve")]
+    if not cells:
+        return None
+    has_gold = any("gold_mean" in r for c in cells for r in c["curve"])
+    panels = [("reward_mean", "reward_sem", "reward of the cell's RM (batch mean, 95% band)")]
+    if has_gold:
+        panels.append(("gold_mean", "gold_sem", "planted gold text quality (batch mean, 95% band)"))
+    panels.append(("kl", None, "KL(policy ‖ reference) per sequence"))
+    fig = _figure(4.6 * len(panels), 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    for i, c in enumerate(cells):
+        color = palette[i % len(palette)]
+        style = "--" if c["variant"] in CONTROLS else "-"
+        for ax, (key, sem, _) in zip(axes, panels):
+            pts = [r for r in c["curve"] if r.get(key) is not None and math.isfinite(r[key])]
+            if not pts:
+                continue
+            xs, ys = [r["step"] for r in pts], [r[key] for r in pts]
+            ax.plot(xs, ys, style, color=color, lw=1.4, label=c["cell"])
+            if sem is not None:
+                half = [1.959964 * r.get(sem, 0.0) if math.isfinite(r.get(sem, float("nan"))) else 0.0 for r in pts]
+                ax.fill_between(xs, [y - h for y, h in zip(ys, half)], [y + h for y, h in zip(ys, half)], color=color, alpha=0.15)
+    for ax, (_, _, title) in zip(axes, panels):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("PPO iteration", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7, title="cell (-- control)", title_fontsize=7)
+    fig.suptitle("PPO: does the proxy reward rise, and does the gold quality follow?", fontsize=11)
     fig.savefig(path)
     return path
 
@@ -238,12 +288,13 @@ def tables(results: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                  for c in results["cells"] if c["cell"] in results["downstream"]]
                 + ([["sft (exposure only)", "—", *[_cell_delta(_delta(results, "sft", t, m)) for t, m in metrics]]]
                    if "sft" in results["downstream"] else [])))
-    out.append(("PPO per cell", "Reward of the cell's own RM: first and last iteration, and the mean ± se of the last quarter.",
-                ["cell", "iterations", "reward first", "reward last", "reward tail mean ± se", "KL last", "KL max", "node", "retries", "error"],
+    out.append(("PPO per cell", "Training batches: the reward of the cell's own RM (and the planted gold quality on synthetic corpora)"
+                " at the first and last iteration, and the mean ± se of the last quarter of the iterations.",
+                ["cell", "iterations", "reward first", "reward last", "reward tail mean ± se", "gold first", "gold tail mean ± se",
+                 "KL last", "KL max", "node", "retries", "error"],
                 [[c["cell"], str(c["ppo"].get("iterations", "—")), format_estimate(c["ppo"].get("reward_first")),
-                  format_estimate(c["ppo"].get("reward_last")),
-                  (f"{format_estimate(c['ppo']['reward_tail_mean'])} ± {format_estimate(c['ppo']['reward_tail_se'])}"
-                   if c["ppo"].get("reward_tail_mean") is not None else "—"),
+                  format_estimate(c["ppo"].get("reward_last")), _pm(c["ppo"], "reward_tail"),
+                  format_estimate(c["ppo"].get("gold_first")), _pm(c["ppo"], "gold_tail"),
                   format_estimate(c["ppo"].get("kl_last")), format_estimate(c["ppo"].get("kl_max")), c.get("node") or "—",
                   str(c.get("retries", 0)), c["error"][:200] or "—"] for c in results["cells"]]))
     lin = results["lineage"]
@@ -257,6 +308,11 @@ def tables(results: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                 [[k, "ran", str(st["wall_s"].get(k, st["wall_s"].get("ppo", "")) if k.startswith("ppo/") else st["wall_s"].get(k, ""))]
                  for k in st["ran"]] + [[k, "skipped (finished)", ""] for k in st["skipped"]]))
     return out
+
+
+def _pm(summary: dict, prefix: str) -> str:
+    mean, se = summary.get(f"{prefix}_mean"), summary.get(f"{prefix}_se")
+    return f"{format_estimate(mean)} ± {format_estimate(se)}" if mean is not None else "—"
 
 
 def findings(results: dict) -> list[str]:
@@ -318,7 +374,8 @@ def render_html(results: dict, plots: dict[str, Path]) -> str:
 
 def write_report(results: dict, output: Path) -> tuple[Path, Path]:
     plots = {}
-    for name, fn, file in (("headline", plot_headline, HEADLINE_PLOT), ("gold vs proxy", plot_gold, GOLD_PLOT),
+    for name, fn, file in (("headline", plot_headline, HEADLINE_PLOT), ("training", plot_training, TRAINING_PLOT),
+                           ("gold vs proxy", plot_gold, GOLD_PLOT),
                            ("length bias", plot_length, LENGTH_PLOT)):
         path = fn(results, output / file)
         if path is None:

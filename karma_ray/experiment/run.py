@@ -136,15 +136,17 @@ def plan_experiment(cfg: ExperimentConfig, output: str | os.PathLike) -> Experim
     tiny = out / "models"
     policy = str(tiny / "policy") if cfg.models.policy == "tiny" else cfg.models.policy
     backbone = str(tiny / "rm_backbone") if cfg.models.rm_backbone == "tiny" else cfg.models.rm_backbone
-    if cfg.models.policy != "tiny":
-        from karma_ray.models.hf import absolute_if_local
-        from karma_ray.models.packaged import PackagedModelError, check_resolvable
+    from karma_ray.models.hf import absolute_if_local
+    from karma_ray.models.packaged import PackagedModelError, check_resolvable
 
-        try:
-            check_resolvable(policy, "models.policy")
-        except PackagedModelError as err:
-            raise ExperimentError(str(err)) from None
-        policy = absolute_if_local(policy)
+    for key, value in (("models.policy", cfg.models.policy), ("models.rm_backbone", cfg.models.rm_backbone)):
+        if value != "tiny":
+            try:
+                check_resolvable(value, key)  # an unknown or uninstalled packaged: id fails here, before Ray
+            except PackagedModelError as err:
+                raise ExperimentError(str(err)) from None
+    policy = absolute_if_local(policy)
+    backbone = absolute_if_local(backbone)
 
     def load(cls: type, section: Any, extra: list[str], what: str) -> Any:
         try:
@@ -351,12 +353,17 @@ def ppo_summary(folder: Path) -> dict:
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     if not rows:
         return {"iterations": 0}
-    tail = [r["reward_mean"] for r in rows[-max(2, len(rows) // 4):]]
-    mean = sum(tail) / len(tail)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in tail) / max(1, len(tail) - 1))
-    return {"iterations": len(rows), "reward_first": rows[0]["reward_mean"], "reward_last": rows[-1]["reward_mean"],
-            "reward_tail_mean": mean, "reward_tail_se": sd / math.sqrt(len(tail)), "kl_last": rows[-1].get("kl"),
-            "kl_max": max(r.get("kl", float("nan")) for r in rows)}
+    out = {"iterations": len(rows), "kl_last": rows[-1].get("kl"), "kl_max": max(r.get("kl", float("nan")) for r in rows)}
+    for key in ("reward", "gold"):
+        values = [r[f"{key}_mean"] for r in rows if isinstance(r.get(f"{key}_mean"), (int, float)) and math.isfinite(r[f"{key}_mean"])]
+        if not values:
+            continue
+        tail = values[-max(2, len(values) // 4):]
+        mean = sum(tail) / len(tail)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in tail) / max(1, len(tail) - 1))
+        out |= {f"{key}_first": values[0], f"{key}_last": values[-1], f"{key}_tail_mean": mean,
+                f"{key}_tail_se": sd / math.sqrt(len(tail))}
+    return out
 
 
 def run_ppo_matrix(plan: ExperimentPlan, log: StageLog) -> dict[str, dict]:
@@ -427,7 +434,8 @@ def _recorded_retries(into: dict[str, list[str]]) -> Any:
     return RecordRetries()
 
 
-_SUMMARY_KEYS = ("iterations", "reward_first", "reward_last", "reward_tail_mean", "reward_tail_se", "kl_last", "kl_max")
+_SUMMARY_KEYS = ("iterations", "reward_first", "reward_last", "reward_tail_mean", "reward_tail_se", "gold_first", "gold_last",
+                 "gold_tail_mean", "gold_tail_se", "kl_last", "kl_max")
 
 
 # -- the stage ---------------------------------------------------------------------------------------------
@@ -472,6 +480,9 @@ def run_experiment(cfg: ExperimentConfig, output: str | os.PathLike, *, resume: 
     # Ray Train frees a finished trial's placement group through the State API, which needs it.
     # Workers' output and the driver's Ray records go to files (console.quiet_ray): the console shows
     # one line and one bar per stage.
+    import ray
+    import ray.data  # noqa: F401 - Ray and Ray Data attach console handlers on import: quiet them after it
+
     ray_log = quiet_ray(out / "logs")
     import torch
 
@@ -482,9 +493,6 @@ def run_experiment(cfg: ExperimentConfig, output: str | os.PathLike, *, resume: 
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars of every save: the stage's bar is enough
     init_ray(replace(cfg.ray, include_dashboard=True, log_to_driver=False))
-    import ray
-    import ray.data  # noqa: F401 - it configures its loggers on import: quiet them with the rest
-
     quiet_ray(out / "logs")
 
     say(f"Ray {ray.__version__}: {ray.cluster_resources().get('CPU', 0):g} CPUs; Ray's logs: {ray_log} and {session_log_dir()}")
@@ -512,7 +520,8 @@ def run_experiment(cfg: ExperimentConfig, output: str | os.PathLike, *, resume: 
             _fresh(steps["models"].folder)
             policy, backbone = build_corpus_models(steps["prepare"].folder, steps["models"].folder, cfg.models.tiny_vocab_size)
             return {"policy": str(policy), "rm_backbone": str(backbone)}
-        cached(steps["models"], log, "3 models: corpus tokenizer, tiny Llama policy, tiny BERT backbone", models)
+        tiny = [what for what, value in (("Llama policy", cfg.models.policy), ("BERT backbone", cfg.models.rm_backbone)) if value == "tiny"]
+        cached(steps["models"], log, f"3 models: corpus tokenizer, tiny {' and '.join(tiny)}", models)
 
     def rm() -> dict:
         from karma_ray.reward.sweep import run_sweep_rm

@@ -164,6 +164,9 @@ def load_sequence_classifier(path_or_id: str, dtype: str = "float32", trust_remo
     remote code off). Decoders need `pad_token_id` in their config to find the last non-pad token."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from karma_ray.models.packaged import resolve_model
+
+    path_or_id = resolve_model(str(path_or_id))  # a packaged: id is converted on this node, once
     config = AutoConfig.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code, num_labels=1)
     config.problem_type = "regression"
     if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:

@@ -198,6 +198,9 @@ class RunConfig:
     wandb_project: str | None = option(None, "Also log to Weights & Biases (needs `wandb` and a login).")
     mlflow_uri: str | None = option(None, "Also log to MLflow at this tracking URI (needs `mlflow`).")
     max_actor_restarts: int = option(3, "How often a dead rollout/reward actor is replaced before the run fails.")
+    gold: Literal["auto", "on", "off"] = option(
+        "auto", "Log the planted gold text quality of each batch's replies (gold_mean, gold_sem; watched, never a reward):"
+        " auto = when the prompts come from a prepared corpus written by `karma synth`.")
 
     def validate(self) -> None:
         if self.iterations < 1 or self.prompts_per_iteration < 1 or self.samples_per_prompt < 1:

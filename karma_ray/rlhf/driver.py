@@ -40,6 +40,7 @@ from karma_ray.algo.logprobs import masked_mean
 from karma_ray.algo.rewards import RunningMoments, clip_scores, eos_penalty, length_penalty, normalize_scores
 from karma_ray.config import save_resolved
 from karma_ray.data.format import decode_replies
+from karma_ray.data.synth import corpus_is_synthetic, gold_text_quality
 from karma_ray.rlhf.config import PPOConfig
 from karma_ray.rlhf.experience import make_advantage_fn
 from karma_ray.rlhf.workers.reward import combine_scores
@@ -49,6 +50,17 @@ from karma_ray.types import Experience, Generations, SamplingSettings, pack_sequ
 CHECKPOINTS = "checkpoints"
 DRIVER_STATE = "driver_state.json"
 COMPLETE = "COMPLETE"
+
+
+def gold_metrics(prompts: list[Prompt], replies: list[str]) -> dict[str, float]:
+    """Mean and standard error of the planted gold text quality of a batch's replies (synthetic
+    corpora); gold_n counts the replies it is defined for (a context must show a titled topic)."""
+    golds = [g for p, r in zip(prompts, replies) if (g := gold_text_quality(p.context, r)) is not None]
+    if not golds:
+        return {"gold_mean": NAN, "gold_sem": NAN, "gold_n": 0}
+    mean = sum(golds) / len(golds)
+    sem = (sum((g - mean) ** 2 for g in golds) / (len(golds) - 1) / len(golds)) ** 0.5 if len(golds) > 1 else NAN
+    return {"gold_mean": mean, "gold_sem": sem, "gold_n": len(golds)}
 
 
 class PhaseTimer:
@@ -170,6 +182,10 @@ class PPODriver:
         self.compute_advantages = make_advantage_fn(cfg.algo)
         self.reward_weights = [spec.weight for spec in cfg.reward.models]
         self.reward_names = [spec.name or Path(spec.path).name or spec.path for spec in cfg.reward.models]
+        # On a synthetic corpus the planted text quality of a reply is known: watching it beside the
+        # proxy reward tells a real gain from reward hacking.
+        self.gold = cfg.run.gold == "on" or (
+            cfg.run.gold == "auto" and cfg.prompts.source == "prepared" and corpus_is_synthetic(cfg.prompts.path))
         self.live_eval = None
         if cfg.eval.every_iterations:  # its data is read and checked here, before Ray starts
             from karma_ray.eval.live import LiveEvaluator
@@ -270,10 +286,13 @@ class PPODriver:
             self.kl_ctl.update(seq_kl, len(gens))
             sampled = _ragged_to_padded(gens.sampling_logprobs, mask.shape)
             n_tokens = int(mask.sum())
+            reward_std = float(raw.std()) if len(raw) > 1 else 0.0
             metrics = {
                 "step": step,
                 "reward_mean": float(raw.mean()),
-                "reward_std": float(raw.std()) if len(raw) > 1 else 0.0,
+                "reward_std": reward_std,
+                "reward_sem": reward_std / len(raw) ** 0.5,  # the batch mean's noise
+                **(gold_metrics(rows, responses) if self.gold else {}),
                 "score_mean": float(scores.mean()),
                 **{f"reward/{n}": float(s.mean()) for n, s in zip(self.reward_names, per_model_scores)},
                 "kl": seq_kl,

@@ -88,6 +88,18 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+Z95 = 1.959964
+
+
+def _band(ax: Any, steps: list, rows: list[dict], key: str, sem_key: str, label: str, color: Any = None) -> None:
+    """The batch mean with its 95% noise band (mean +- 1.96 standard errors of the batch)."""
+    ys = [r.get(key, float("nan")) for r in rows]
+    half = [Z95 * r.get(sem_key, float("nan")) for r in rows]
+    (line,) = ax.plot(steps, ys, marker="o", ms=3, label=label, color=color)
+    ax.fill_between(steps, [y - h for y, h in zip(ys, half)], [y + h for y, h in zip(ys, half)], alpha=0.2,
+                    color=line.get_color())
+
+
 def plot_curves(rows: list[dict], out: Path, title: Optional[str] = None) -> Path:
     import matplotlib
 
@@ -95,27 +107,42 @@ def plot_curves(rows: list[dict], out: Path, title: Optional[str] = None) -> Pat
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    panels = [
-        ("reward_mean", "reward (mean ± std)"),
-        ("kl", "KL(policy || reference) per sequence"),
-        ("entropy", "entropy per token"),
-        ("response_length", "response length (tokens)"),
-    ]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
-    for ax, (key, label) in zip(axes.flat, panels):
-        ys = [r.get(key, float("nan")) for r in rows]
-        ax.plot(steps, ys, marker="o", ms=3)
-        if key == "reward_mean":
-            sd = [r.get("reward_std", 0.0) for r in rows]
-            ax.fill_between(steps, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], alpha=0.2)
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7))
+    panels = iter(axes.flat)
+
+    ax = next(panels)
+    _band(ax, steps, rows, "reward_mean", "reward_sem", "reward")
+    ax.set_title("reward of the batch (mean, 95% band)")
+    ax = next(panels)
+    if any("gold_mean" in r for r in rows):
+        _band(ax, steps, rows, "gold_mean", "gold_sem", "gold", color="tab:green")
+        ax.set_title("planted gold text quality (mean, 95% band)")
+    else:
+        ax.text(0.5, 0.5, "no gold quality\n(not a synthetic corpus)", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title("gold text quality")
+    for key, label in (("kl", "KL(policy || reference) per sequence"), ("entropy", "entropy per token"),
+                       ("response_length", "response length (tokens)")):
+        ax = next(panels)
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows], marker="o", ms=3)
         ax.set_title(label)
-        ax.set_xlabel("iteration")
-    ax = axes.flat[4]
+    ax = next(panels)
     for key in ("clip_frac", "approx_kl"):
         ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=key)
     ax.set_title("policy update")
     ax.legend()
-    ax = axes.flat[5]
+    ax = next(panels)
+    evals = sorted({k for r in rows for k in r if k.startswith("eval/") and not k.endswith(("_ci_low", "_ci_high", "_stderr"))})
+    for key in evals:
+        pts = [(r["step"], r[key], r.get(key + "_ci_low"), r.get(key + "_ci_high")) for r in rows if key in r]
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=key[5:])
+        if all(p[2] is not None and p[3] is not None for p in pts):
+            ax.fill_between([p[0] for p in pts], [p[2] for p in pts], [p[3] for p in pts], alpha=0.15, color=line.get_color())
+    if evals:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no in-training evaluation\n(eval.every_iterations = 0)", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title("in-training evaluation (95% CI)")
+    ax = next(panels)
     phases = sorted({k for r in rows for k in r if k.startswith("time/") and k != "time/iteration"})
     bottom = [0.0] * len(rows)
     for k in phases:
@@ -124,6 +151,8 @@ def plot_curves(rows: list[dict], out: Path, title: Optional[str] = None) -> Pat
         bottom = [b + y for b, y in zip(bottom, ys)]
     ax.set_title("seconds per phase")
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for ax in axes.flat:
+        ax.set_xlabel("iteration")
     fig.suptitle(title or "PPO run")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -142,7 +171,7 @@ def write_report(rows: list[dict], output_dir: Path) -> Path:
         "| metric | first iteration | last iteration |",
         "|---|---|---|",
     ]
-    for k in ("reward_mean", "reward_std", "kl", "entropy", "clip_frac", "value_loss", "response_length", "rollout_logprob_max_abs_diff", "tokens_per_s"):
+    for k in ("reward_mean", "reward_sem", "gold_mean", "gold_sem", "reward_std", "kl", "entropy", "clip_frac", "value_loss", "response_length", "rollout_logprob_max_abs_diff", "tokens_per_s"):
         if k in last:
             lines.append(f"| {k} | {first.get(k, float('nan')):.4g} | {last[k]:.4g} |")
     lines += ["", "Mean seconds per phase:", "", "| phase | s |", "|---|---|"]

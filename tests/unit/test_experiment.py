@@ -87,6 +87,8 @@ def test_bad_inputs_are_refused_before_anything_runs(tmp_path):
         plan(tmp_path, f"ppo.prompts={tmp_path / 'prompts.jsonl'}")
     with pytest.raises(ExperimentError, match="rm.config.*unknown"):
         plan_plus(tmp_path, "rm", "train.epochz=3")
+    with pytest.raises(ExperimentError, match="models.rm_backbone: unknown packaged model 'minilm-l7'"):
+        plan(tmp_path, "models.rm_backbone=packaged:minilm-l7")
     assert not (tmp_path / "exp").exists()  # nothing was written
 
 
@@ -115,6 +117,14 @@ def test_ppo_summary_hand_computed(tmp_path):
     assert s["iterations"] == 8 and s["reward_first"] == 0.1 and s["reward_last"] == 1.0
     assert s["reward_tail_mean"] == pytest.approx(0.9) and s["reward_tail_se"] == pytest.approx(0.1)
     assert s["kl_max"] == pytest.approx(0.07)
+    assert "gold_first" not in s  # not a synthetic corpus: no gold column, no gold summary
+    golds = [0.0, float("nan"), 0.2, 0.2, 0.4, 0.4, 0.3, 0.5]  # a batch with no defined gold logs NaN: left out
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "reward_mean": 0.0, "gold_mean": g}) + "\n"
+                                                   for i, g in enumerate(golds)))
+    s = ppo_summary(tmp_path)
+    # 7 defined values; tail = the last max(2, 7 // 4) = 2: 0.3, 0.5 -> mean 0.4, se 0.1
+    assert s["gold_first"] == 0.0 and s["gold_last"] == 0.5
+    assert s["gold_tail_mean"] == pytest.approx(0.4) and s["gold_tail_se"] == pytest.approx(0.1)
 
 
 def test_fisher_and_wilson_intervals_hand_computed():
@@ -153,6 +163,11 @@ def test_report_answers_the_questions_from_the_stage_files(tmp_path):
     p = plan(tmp_path)
     _fake_outputs(p)
     outcomes = {c.name: {"summary": {"iterations": 8, "reward_first": 0.0, "reward_last": 0.2}, "error": ""} for c in p.cells}
+    curve = p.output / "ppo" / "text-exposure-s0"
+    curve.mkdir(parents=True)
+    (curve / "metrics.jsonl").write_text("".join(json.dumps(
+        {"step": i, "reward_mean": 0.1 * i, "reward_sem": 0.02, "gold_mean": 0.05 * i, "gold_sem": 0.03, "kl": 0.1, "entropy": 5.0}) + "\n"
+        for i in range(1, 5)))
     outcomes["constant-base-s0"] = {"summary": {}, "error": "RuntimeError('node lost')"}
     log = StageLog(ran=["prepare"], skipped=["corpus"], wall_s={"prepare": 3.0})
     results = build_results(p, outcomes, {"prompts": "corpus", "cells": {}}, log)
@@ -166,6 +181,9 @@ def test_report_answers_the_questions_from_the_stage_files(tmp_path):
     html, md = write_report(results, p.output)
     text = md.read_text()
     assert "| text-exposure-s0 | 0.620 | +0.300 [+0.280, +0.320] p=0.020* |" in text
-    for png in ("headline.png", "gold.png", "length.png"):
+    trained = {c["cell"]: c["curve"] for c in results["cells"]}
+    assert [r["reward_mean"] for r in trained["text-exposure-s0"]] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert "entropy" not in trained["text-exposure-s0"][0] and trained["text-base-s0"] == []
+    for png in ("headline.png", "training.png", "gold.png", "length.png"):
         assert (p.output / png).stat().st_size > 10_000
     assert "node lost" in html.read_text()
