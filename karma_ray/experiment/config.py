@@ -79,6 +79,9 @@ class PPOSection:
     config: str = option("configs/ppo/tiny.yaml", "The `karma ppo` config of every cell.")
     overrides: tuple[str, ...] = option((), "Dotted overrides of it.")
     seeds: tuple[int, ...] = option((0,), "PPO seeds: one cell per reward variant x exposure condition x seed.")
+    variants: tuple[str, ...] = option(
+        (), "The reward-model variants that get PPO cells (empty: every one of rm.variants); the others are trained "
+            "and reported as karma predictors only.")
     prompts: str = option(
         "corpus", "'corpus': prompts are the corpus's train contexts (Reddit text, also for the base arm); or a JSONL/Parquet "
                   "file of non-Reddit prompts (field 'prompt'), so the base arm never sees Reddit text at all.")
@@ -110,6 +113,18 @@ class ExperimentConfig:
     ppo: PPOSection = section(PPOSection, "The PPO matrix (Ray Tune, one trial per cell).")
     eval: EvalSection = section(EvalSection, "Evaluation of every policy against the base.")
     ray: RayConfig = section(RayConfig, "The Ray cluster every stage runs on.")
+
+    def validate(self) -> None:
+        stray = [v for v in self.ppo.variants if v not in self.rm.variants]
+        if stray:
+            raise ConfigError(f"ppo.variants {stray} are not trained: rm.variants is {list(self.rm.variants)}")
+        if len(set(self.ppo.variants)) != len(self.ppo.variants):
+            raise ConfigError(f"ppo.variants names a variant twice: {list(self.ppo.variants)}")
+
+    @property
+    def policy_variants(self) -> tuple[str, ...]:
+        """The reward variants of the PPO matrix, in rm.variants order."""
+        return tuple(v for v in self.rm.variants if not self.ppo.variants or v in self.ppo.variants)
 
 
 __all__ = ["ALL_VARIANTS", "ExperimentConfig"]

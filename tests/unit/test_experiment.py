@@ -66,12 +66,21 @@ def test_seeds_and_conditions_multiply_the_cells(tmp_path):
     assert {c.condition for c in p.cells} == {"base"} and "sft" not in p.steps
 
 
+def test_ppo_variants_choose_the_cells_and_every_rm_is_still_trained(tmp_path):
+    p = plan(tmp_path, "ppo.variants=[constant, text]")
+    assert [c.name for c in p.cells] == ["text-exposure-s0", "text-base-s0", "constant-exposure-s0", "constant-base-s0"]
+    assert p.rm.search.variants == ("text", "text_meta", "constant")
+    assert [m.partition("=")[0] for m in p.eval_models] == ["base", "sft", *[c.name for c in p.cells]]
+
+
 @pytest.mark.parametrize("override,message", [
     ("rm.variants=[text, karma]", "unknown ['karma']"),
     ("rm.judge=response", "not one of rm.variants"),
     ("rm.judge=constant", "is a control"),
     ("ppo.seeds=[1,1]", "distinct"),
     ("exposure.conditions=[exposure, exposure]", "at most once"),
+    ("ppo.variants=[text, response]", "ppo.variants ['response'] are not trained"),
+    ("ppo.variants=[text, text]", "names a variant twice"),
 ])
 def test_bad_config_is_refused_at_load(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
