@@ -61,6 +61,69 @@ def rm_rows(rm_dir: Path) -> dict[str, dict]:
     return rows
 
 
+def item_scores(items_path: Path) -> dict[tuple[str, str, str], dict[str, float]]:
+    """eval/items.parquet -> {(model, task, metric): {item_id: value}} (missing file: empty)."""
+    if not items_path.is_file():
+        return {}
+    import pyarrow.parquet as pq
+
+    scores: dict[tuple[str, str, str], dict[str, float]] = {}
+    for row in pq.read_table(items_path, columns=["model", "task", "metric", "item_id", "value"]).to_pylist():
+        scores.setdefault((row["model"], row["task"], row["metric"]), {})[row["item_id"]] = row["value"]
+    return scores
+
+
+def _seed_mean(scores: dict, models: Sequence[str], task: str, metric: str, items: Sequence[str]) -> list[float]:
+    return [sum(scores[(m, task, metric)][i] for m in models) / len(models) for i in items]
+
+
+def pooled_comparisons(scores: dict, arms: dict[tuple[str, str], list[str]], metrics: Sequence[tuple[str, str]], *,
+                       n_resamples: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """The study's arms (variant x condition), each its seeds' policies averaged item by item.
+
+    pooled: each arm against the base, per task: Δ = mean over items of (seed-mean score - base score),
+    paired bootstrap CI and paired test over items, Holm across the arm's tasks; `seed_deltas` are the
+    seeds' own Δs (their spread is the seed-to-seed noise the item CI does not include).
+    contrasts: two reward variants head to head within a condition (b - a on the same items).
+    Only items every model of the comparison was scored on count (n says how many)."""
+    from karma_ray.eval.stats import holm, paired_comparison
+
+    def compare(a_models: list[str], b_models: list[str], task: str, metric: str) -> dict | None:
+        keys = [(m, task, metric) for m in (*a_models, *b_models)]
+        if not all(k in scores for k in keys):
+            return None
+        items = sorted(set.intersection(*(set(scores[k]) for k in keys)))
+        if not items:
+            return None
+        a, b = _seed_mean(scores, a_models, task, metric, items), _seed_mean(scores, b_models, task, metric, items)
+        c = paired_comparison(a, b, n_resamples=n_resamples, seed=seed)
+        return {"task": task, "metric": metric, "delta": c.difference.value, "ci_low": c.difference.low,
+                "ci_high": c.difference.high, "p_value": c.p_value, "test": c.test, "n": c.n}
+
+    def with_holm(rows: list[dict]) -> list[dict]:
+        for r, adj in zip(rows, holm([r["p_value"] for r in rows]) if rows else []):
+            r["p_holm"] = adj
+        return rows
+
+    pooled, contrasts = [], []
+    for (variant, condition), models in arms.items():
+        rows = []
+        for task, metric in metrics:
+            r = compare(["base"], models, task, metric)
+            if r is not None:
+                r["seed_deltas"] = [compare(["base"], [m], task, metric)["delta"] for m in models]
+                rows.append({"variant": variant, "condition": condition, "seeds": len(models), **r})
+        pooled += with_holm(rows)
+    learned = [(v, c) for v, c in arms if v not in CONTROLS]
+    for i, (va, ca) in enumerate(learned):
+        for vb, cb in learned[i + 1:]:
+            if ca != cb:
+                continue
+            rows = [r for t, m in metrics if (r := compare(arms[(va, ca)], arms[(vb, cb)], t, m)) is not None]
+            contrasts += with_holm([{"condition": ca, "a": va, "b": vb, **r} for r in rows])
+    return pooled, contrasts
+
+
 def build_results(plan: Any, outcomes: dict[str, dict], lineage: dict, log: Any) -> dict:
     out = plan.output
     rm = rm_rows(out / "rm")
@@ -82,11 +145,20 @@ def build_results(plan: Any, outcomes: dict[str, dict], lineage: dict, log: Any)
                       "rm_spearman": rm.get(cell.variant, {}).get("spearman"),
                       "rm_pairwise_accuracy": rm.get(cell.variant, {}).get("pairwise_accuracy")})
     higher = {(t["task"], t["metric"]): t.get("higher_is_better") for t in evaluation.get("tasks", [])}
+    scores = item_scores(out / "eval" / "items.parquet")
+    arms: dict[tuple[str, str], list[str]] = {}
+    for c in cells:
+        if c["cell"] in downstream:
+            arms.setdefault((c["variant"], c["condition"]), []).append(c["cell"])
+    metrics = sorted({(r["task"], r["metric"]) for rows in downstream.values() for r in rows if r["metric"] != "length"},
+                     key=lambda tm: (tm[0] != "karma", tm))
+    pooled, contrasts = pooled_comparisons(scores, arms, metrics, n_resamples=plan.eval.stats.n_resamples,
+                                           seed=evaluation.get("seed") or 0)
     return {
         "karma_experiment": 1, "name": plan.cfg.name, "output": str(out),
         "seeds": {"ppo": list(plan.cfg.ppo.seeds), "eval": evaluation.get("seed"), "corpus": plan.cfg.corpus.synthetic_seed},
         "synthetic": bool(plan.cfg.corpus.synthetic_comments),
-        "rm": rm, "cells": cells, "downstream": downstream,
+        "rm": rm, "cells": cells, "downstream": downstream, "pooled": pooled, "contrasts": contrasts,
         "higher_is_better": {f"{t}/{m}": h for (t, m), h in higher.items()},
         "eval_results": evaluation.get("results", []), "eval_warnings": evaluation.get("warnings", []),
         "eval_report": str(out / "eval" / "report.html"), "lineage": lineage,
@@ -288,6 +360,23 @@ def tables(results: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                  for c in results["cells"] if c["cell"] in results["downstream"]]
                 + ([["sft (exposure only)", "—", *[_cell_delta(_delta(results, "sft", t, m)) for t, m in metrics]]]
                    if "sft" in results["downstream"] else [])))
+    pooled = results.get("pooled", [])
+    if any(r["seeds"] > 1 for r in pooled):
+        arms = list(dict.fromkeys((r["variant"], r["condition"], r["seeds"]) for r in pooled))
+        out.append(("Downstream change pooled over seeds",
+                    "Each arm's seeds averaged item by item, against the base: Δ, paired bootstrap 95% CI over items, Holm p across "
+                    "the arm's tasks; in brackets after it, each seed's own Δ (their spread is seed noise the item CI leaves out).",
+                    ["reward variant", "condition", "seeds", *[f"{t} {m}" for t, m in metrics]],
+                    [[v, cond, str(n), *[_pooled_cell(pooled, v, cond, t, m) for t, m in metrics]] for v, cond, n in arms]))
+    contrasts = results.get("contrasts", [])
+    if contrasts:
+        pairs = list(dict.fromkeys((r["condition"], r["a"], r["b"]) for r in contrasts))
+        out.append(("Reward variants head to head",
+                    "b − a on the same items, each arm's seeds averaged; paired bootstrap 95% CI, Holm p across tasks.",
+                    ["condition", "b − a", *[f"{t} {m}" for t, m in metrics]],
+                    [[cond, f"{b} − {a}", *[_cell_delta(next((r for r in contrasts if (r["condition"], r["a"], r["b"], r["task"], r["metric"])
+                                                             == (cond, a, b, t, m)), None)) for t, m in metrics]]
+                     for cond, a, b in pairs]))
     out.append(("PPO per cell", "Training batches: the reward of the cell's own RM (and the planted gold quality on synthetic corpora)"
                 " at the first and last iteration, and the mean ± se of the last quarter of the iterations.",
                 ["cell", "iterations", "reward first", "reward last", "reward tail mean ± se", "gold first", "gold tail mean ± se",
@@ -310,6 +399,13 @@ def tables(results: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
     return out
 
 
+def _pooled_cell(pooled: list[dict], variant: str, condition: str, task: str, metric: str) -> str:
+    r = next((r for r in pooled if (r["variant"], r["condition"], r["task"], r["metric"]) == (variant, condition, task, metric)), None)
+    if r is None:
+        return "—"
+    return f"{_cell_delta(r)} ({', '.join(format_estimate(d, signed=True) for d in r['seed_deltas'])})"
+
+
 def _pm(summary: dict, prefix: str) -> str:
     mean, se = summary.get(f"{prefix}_mean"), summary.get(f"{prefix}_se")
     return f"{format_estimate(mean)} ± {format_estimate(se)}" if mean is not None else "—"
@@ -329,6 +425,17 @@ def findings(results: dict) -> list[str]:
             n, d = max(deltas, key=lambda nd: nd[1]["delta"])
             falls = sum(1 for _, d2 in deltas if d2["ci_high"] is not None and d2["ci_high"] < 0)
             lines.append(f"{task} {metric}: largest change {n} {_cell_delta(d)}; CI wholly below 0 in {falls} of {len(deltas)} policies.")
+    pooled = [r for r in results.get("pooled", []) if r["seeds"] > 1]
+    for task, metric in headline_metrics(results)[:1] + [m for m in headline_metrics(results) if m[0].startswith("truthfulqa")][:1]:
+        rows = [r for r in pooled if (r["task"], r["metric"]) == (task, metric)]
+        if rows:
+            best = max(rows, key=lambda r: r["delta"])
+            falls = sum(1 for r in rows if r["ci_high"] < 0)
+            lines.append(f"Pooled over seeds, {task} {metric}: largest change {best['variant']}/{best['condition']} {_cell_delta(best)}; "
+                         f"CI wholly below 0 in {falls} of {len(rows)} arms.")
+    for r in results.get("contrasts", []):
+        if (r["task"], r["metric"]) == (headline_metrics(results) or [("", "")])[0]:
+            lines.append(f"{r['b']} − {r['a']} ({r['condition']}), {r['task']} {r['metric']}: {_cell_delta(r)}.")
     failed = [c["cell"] for c in results["cells"] if c["error"]]
     if failed:
         lines.append(f"Failed cells (errors in the PPO table): {', '.join(failed)}.")

@@ -491,5 +491,6 @@ def export(checkpoint, out: Path, prepared_dir: str | os.PathLike, cfg: SFTConfi
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     before = state.val_before["loss"] if state.val_before else None
     after = state.val_after["loss"] if state.val_after else None
-    print(f"[sft] exported {model_dir} ({state.step} steps); val loss {before} -> {after}", flush=True)
+    shown = " -> ".join("—" if v is None else f"{v:.3f}" for v in (before, after))
+    print(f"[sft] exported {model_dir} ({state.step} steps); val loss {shown}", flush=True)
     return SFTResult(out, model_dir, out / "metrics.json", state.step, len(ids), before, after)

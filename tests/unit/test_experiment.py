@@ -196,3 +196,28 @@ def test_report_answers_the_questions_from_the_stage_files(tmp_path):
     for png in ("headline.png", "training.png", "gold.png", "length.png"):
         assert (p.output / png).stat().st_size > 10_000
     assert "node lost" in html.read_text()
+
+
+def test_pooled_over_seeds_and_head_to_head_hand_computed():
+    from karma_ray.experiment.report import pooled_comparisons
+
+    items = ["i1", "i2", "i3", "i4"]
+    scores = {("base", "karma", "reward"): dict.fromkeys(items, 0.0)}
+    scores[("text-exposure-s0", "karma", "reward")] = dict(zip(items, [1.0, 2.0, 3.0, 4.0]))
+    scores[("text-exposure-s1", "karma", "reward")] = dict(zip(items, [3.0, 2.0, 1.0, 0.0]))
+    scores[("text_meta-exposure-s0", "karma", "reward")] = dict.fromkeys(items, 0.0)
+    scores[("text_meta-exposure-s1", "karma", "reward")] = dict.fromkeys(items[:3], 1.0)  # i4 lost: 3 shared items
+    scores[("constant-exposure-s0", "karma", "reward")] = dict.fromkeys(items, 0.0)
+    arms = {("text", "exposure"): ["text-exposure-s0", "text-exposure-s1"],
+            ("text_meta", "exposure"): ["text_meta-exposure-s0", "text_meta-exposure-s1"],
+            ("constant", "exposure"): ["constant-exposure-s0"]}
+    pooled, contrasts = pooled_comparisons(scores, arms, [("karma", "reward"), ("humor", "acc")], n_resamples=200, seed=0)
+    by = {r["variant"]: r for r in pooled}
+    assert set(by) == {"text", "text_meta", "constant"}  # humor was never scored: no row, no error
+    # text: seed means are 2 on every item -> delta 2, no spread; the seeds themselves say 2.5 and 1.5
+    assert by["text"]["delta"] == pytest.approx(2.0) and by["text"]["ci_low"] == by["text"]["ci_high"] == pytest.approx(2.0)
+    assert by["text"]["seed_deltas"] == pytest.approx([2.5, 1.5]) and by["text"]["n"] == 4 and by["text"]["seeds"] == 2
+    assert by["text_meta"]["delta"] == pytest.approx(0.5) and by["text_meta"]["n"] == 3
+    assert by["constant"]["delta"] == 0.0 and by["constant"]["p_value"] == 1.0
+    assert [(c["a"], c["b"], c["n"]) for c in contrasts] == [("text", "text_meta", 3)]  # controls are not contrasted
+    assert contrasts[0]["delta"] == pytest.approx(0.5 - 2.0)
