@@ -97,8 +97,10 @@ def pooled_comparisons(scores: dict, arms: dict[tuple[str, str], list[str]], met
             return None
         a, b = _seed_mean(scores, a_models, task, metric, items), _seed_mean(scores, b_models, task, metric, items)
         c = paired_comparison(a, b, n_resamples=n_resamples, seed=seed)
+        # each b model's own mean difference on the same items (no resampling: the spread is what is shown)
+        own = [sum(scores[(m, task, metric)][i] - ai for i, ai in zip(items, a)) / len(items) for m in b_models]
         return {"task": task, "metric": metric, "delta": c.difference.value, "ci_low": c.difference.low,
-                "ci_high": c.difference.high, "p_value": c.p_value, "test": c.test, "n": c.n}
+                "ci_high": c.difference.high, "p_value": c.p_value, "test": c.test, "n": c.n, "seed_deltas": own}
 
     def with_holm(rows: list[dict]) -> list[dict]:
         for r, adj in zip(rows, holm([r["p_value"] for r in rows]) if rows else []):
@@ -111,7 +113,6 @@ def pooled_comparisons(scores: dict, arms: dict[tuple[str, str], list[str]], met
         for task, metric in metrics:
             r = compare(["base"], models, task, metric)
             if r is not None:
-                r["seed_deltas"] = [compare(["base"], [m], task, metric)["delta"] for m in models]
                 rows.append({"variant": variant, "condition": condition, "seeds": len(models), **r})
         pooled += with_holm(rows)
     learned = [(v, c) for v, c in arms if v not in CONTROLS]
@@ -120,6 +121,8 @@ def pooled_comparisons(scores: dict, arms: dict[tuple[str, str], list[str]], met
             if ca != cb:
                 continue
             rows = [r for t, m in metrics if (r := compare(arms[(va, ca)], arms[(vb, cb)], t, m)) is not None]
+            for r in rows:
+                del r["seed_deltas"]  # b's seeds against a's mean: not a seed spread of the contrast
             contrasts += with_holm([{"condition": ca, "a": va, "b": vb, **r} for r in rows])
     return pooled, contrasts
 
@@ -150,9 +153,7 @@ def build_results(plan: Any, outcomes: dict[str, dict], lineage: dict, log: Any)
     for c in cells:
         if c["cell"] in downstream:
             arms.setdefault((c["variant"], c["condition"]), []).append(c["cell"])
-    metrics = sorted({(r["task"], r["metric"]) for rows in downstream.values() for r in rows if r["metric"] != "length"},
-                     key=lambda tm: (tm[0] != "karma", tm))
-    pooled, contrasts = pooled_comparisons(scores, arms, metrics, n_resamples=plan.eval.stats.n_resamples,
+    pooled, contrasts = pooled_comparisons(scores, arms, headline_metrics({"downstream": downstream}), n_resamples=plan.eval.stats.n_resamples,
                                            seed=evaluation.get("seed") or 0)
     return {
         "karma_experiment": 1, "name": plan.cfg.name, "output": str(out),
@@ -418,7 +419,8 @@ def findings(results: dict) -> list[str]:
     if rm:
         best = max(rm, key=lambda v: rm[v]["pairwise_accuracy"])
         lines.append(f"Best karma predictor: {best} (test pairwise accuracy {_ci(rm[best]['pairwise_accuracy'], rm[best]['pairwise_accuracy_ci'])}).")
-    for task, metric in headline_metrics(results)[:1] + [m for m in headline_metrics(results) if m[0].startswith("truthfulqa")][:1]:
+    asked = headline_metrics(results)[:1] + [m for m in headline_metrics(results) if m[0].startswith("truthfulqa")][:1]
+    for task, metric in asked:
         deltas = [(c["cell"], _delta(results, c["cell"], task, metric)) for c in results["cells"]]
         deltas = [(n, d) for n, d in deltas if d and d["delta"] is not None]
         if deltas:
@@ -426,7 +428,7 @@ def findings(results: dict) -> list[str]:
             falls = sum(1 for _, d2 in deltas if d2["ci_high"] is not None and d2["ci_high"] < 0)
             lines.append(f"{task} {metric}: largest change {n} {_cell_delta(d)}; CI wholly below 0 in {falls} of {len(deltas)} policies.")
     pooled = [r for r in results.get("pooled", []) if r["seeds"] > 1]
-    for task, metric in headline_metrics(results)[:1] + [m for m in headline_metrics(results) if m[0].startswith("truthfulqa")][:1]:
+    for task, metric in asked:
         rows = [r for r in pooled if (r["task"], r["metric"]) == (task, metric)]
         if rows:
             best = max(rows, key=lambda r: r["delta"])
@@ -434,7 +436,7 @@ def findings(results: dict) -> list[str]:
             lines.append(f"Pooled over seeds, {task} {metric}: largest change {best['variant']}/{best['condition']} {_cell_delta(best)}; "
                          f"CI wholly below 0 in {falls} of {len(rows)} arms.")
     for r in results.get("contrasts", []):
-        if (r["task"], r["metric"]) == (headline_metrics(results) or [("", "")])[0]:
+        if asked and (r["task"], r["metric"]) == asked[0]:
             lines.append(f"{r['b']} − {r['a']} ({r['condition']}), {r['task']} {r['metric']}: {_cell_delta(r)}.")
     failed = [c["cell"] for c in results["cells"] if c["error"]]
     if failed:
