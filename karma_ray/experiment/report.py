@@ -419,6 +419,14 @@ def findings(results: dict) -> list[str]:
     if rm:
         best = max(rm, key=lambda v: rm[v]["pairwise_accuracy"])
         lines.append(f"Best karma predictor: {best} (test pairwise accuracy {_ci(rm[best]['pairwise_accuracy'], rm[best]['pairwise_accuracy_ci'])}).")
+        ranked = {v: r for v, r in rm.items() if r["spearman"] is not None}
+        by_rank = max(ranked, key=lambda v: ranked[v]["spearman"]) if ranked else best
+        if by_rank != best:
+            # The two measures ask different questions: Spearman ranks every held-out reply (the
+            # thread and the reply's timing count), pairwise accuracy only siblings that the pair
+            # rule kept (with the SHP rule, the later reply won), so timing cannot help there.
+            lines.append(f"By Spearman over all held-out replies the best is {by_rank} ({_ci(ranked[by_rank]['spearman'], ranked[by_rank]['spearman_ci'])}, "
+                         f"against {best}'s {_ci(rm[best]['spearman'], rm[best]['spearman_ci'])}): the measures disagree.")
     asked = headline_metrics(results)[:1] + [m for m in headline_metrics(results) if m[0].startswith("truthfulqa")][:1]
     for task, metric in asked:
         deltas = [(c["cell"], _delta(results, c["cell"], task, metric)) for c in results["cells"]]

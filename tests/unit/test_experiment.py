@@ -198,6 +198,20 @@ def test_report_answers_the_questions_from_the_stage_files(tmp_path):
     assert "node lost" in html.read_text()
 
 
+def test_findings_say_when_spearman_and_pairwise_accuracy_pick_different_predictors(tmp_path):
+    p = plan(tmp_path)
+    _fake_outputs(p)
+    outcomes = {c.name: {"summary": {}, "error": ""} for c in p.cells}
+    results = build_results(p, outcomes, {"prompts": "corpus", "cells": {}}, StageLog(ran=[], skipped=[], wall_s={}))
+    assert not any(line.startswith("By Spearman") for line in findings(results))  # the fixture's two rankings agree
+    results["rm"]["text"].update(spearman=0.45, spearman_ci=[0.37, 0.52])  # text now ranks first, text_meta still pairs best
+    said = findings(results)
+    assert said[0].startswith("Best karma predictor: text_meta")
+    assert said[1] == ("By Spearman over all held-out replies the best is text (0.450 [0.370, 0.520], "
+                       "against text_meta's 0.300 [0.208, 0.387]): the measures disagree.")
+    # Fisher: atanh(0.3) = 0.3095 +- 1.96 / sqrt(400 - 3) = +-0.0984 -> tanh(0.2112, 0.4079) = (0.208, 0.387)
+
+
 def test_pooled_over_seeds_and_head_to_head_hand_computed():
     from karma_ray.experiment.report import pooled_comparisons
 
