@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -294,7 +295,7 @@ def ppo_cell_trial(config: dict, cells: dict, steps: dict) -> None:
     from ray import tune
 
     from karma_ray.rlhf.cli import run_ppo
-
+    from karma_ray.rlhf.driver import CHECKPOINTS
     from karma_ray.rlhf.placement import OWNER_ENV
 
     name = config["cell"]
@@ -303,6 +304,10 @@ def ppo_cell_trial(config: dict, cells: dict, steps: dict) -> None:
     if not is_done(step):
         with _role_nodes(owner) as nodes:
             run_ppo(cells[name], step.folder, overwrite=True)
+        # A cell is redone from its start when retried, never resumed from its DeepSpeed checkpoints
+        # (weights and Adam moments: 2.1 GB a cell on SmolLM2-135M, 25 GB over a 12-cell matrix):
+        # once the policy is exported they are dead weight on the disk.
+        shutil.rmtree(step.folder / CHECKPOINTS, ignore_errors=True)
         mark_done(step, ppo_summary(step.folder) | _node() | {"role_nodes": sorted(nodes)})
     tune.report(_marker_summary(step))
 

@@ -73,6 +73,8 @@ def test_interrupted_experiment_resumes_and_reruns_as_a_noop(tmp_path):
     cells = {c["cell"]: c for c in first["cells"]}
     assert set(cells) == {"text-base-s0", "constant-base-s0"} and not any(c["error"] for c in cells.values())
     assert all(c["ppo"]["iterations"] == 3 and c["node"] for c in cells.values())
+    for cell in cells:  # the cell's resumable checkpoint (iteration 3) was written, then dropped once it finished
+        assert (out / "ppo" / cell / "policy").is_dir() and not (out / "ppo" / cell / "checkpoints").exists()
     assert {r["task"] for rows in first["downstream"].values() for r in rows} == {"karma"}
     # the console is the story, not Ray's: no worker output, no Tune tables
     assert "(pid=" not in run2.stderr and "Trial status" not in run2.stderr and "Configuration for experiment" not in run2.stderr
