@@ -79,6 +79,10 @@ class PPOSection:
     config: str = option("configs/ppo/tiny.yaml", "The `karma ppo` config of every cell.")
     overrides: tuple[str, ...] = option((), "Dotted overrides of it.")
     seeds: tuple[int, ...] = option((0,), "PPO seeds: one cell per reward variant x exposure condition x seed.")
+    constant_seeds: tuple[int, ...] = option(
+        (), "Seeds of the constant-reward control's cells (empty: ppo.seeds). A constant reward leaves every reply the "
+            "same advantage, so with a critic-free estimator and the KL in the reward (zero at the start) the policy "
+            "never moves whatever the seed: one seed is the control, more only repeat it.")
     variants: tuple[str, ...] = option(
         (), "The reward-model variants that get PPO cells (empty: every one of rm.variants); the others are trained "
             "and reported as karma predictors only.")
@@ -91,6 +95,8 @@ class PPOSection:
     def validate(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"ppo.seeds must be distinct and non-empty (got {list(self.seeds)})")
+        if len(set(self.constant_seeds)) != len(self.constant_seeds):
+            raise ConfigError(f"ppo.constant_seeds must be distinct (got {list(self.constant_seeds)})")
         if self.trial_cpus <= 0:
             raise ConfigError("ppo.trial_cpus must be > 0 (Ray Tune cannot give a trial 0 CPUs)")
         if self.max_failures < 0:

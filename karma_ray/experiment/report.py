@@ -157,7 +157,7 @@ def build_results(plan: Any, outcomes: dict[str, dict], lineage: dict, log: Any)
                                            seed=evaluation.get("seed") or 0)
     return {
         "karma_experiment": 1, "name": plan.cfg.name, "output": str(out),
-        "seeds": {"ppo": list(plan.cfg.ppo.seeds), "eval": evaluation.get("seed"), "corpus": plan.cfg.corpus.synthetic_seed},
+        "seeds": {"ppo": list(plan.cfg.ppo.seeds), "ppo_constant": list(plan.cfg.ppo.constant_seeds or plan.cfg.ppo.seeds), "eval": evaluation.get("seed"), "corpus": plan.cfg.corpus.synthetic_seed},
         "synthetic": bool(plan.cfg.corpus.synthetic_comments),
         "rm": rm, "cells": cells, "downstream": downstream, "pooled": pooled, "contrasts": contrasts,
         "higher_is_better": {f"{t}/{m}": h for (t, m), h in higher.items()},
@@ -452,9 +452,15 @@ def findings(results: dict) -> list[str]:
     return lines
 
 
+def _ppo_seeds(results: dict) -> str:
+    seeds = results["seeds"]
+    constant = seeds.get("ppo_constant", seeds["ppo"])
+    return str(seeds["ppo"]) if constant == seeds["ppo"] else f"{seeds['ppo']} (the constant control {constant})"
+
+
 def render_markdown(results: dict, plots: dict[str, Path]) -> str:
     md = [f"# KARMA experiment: {results['name']}", "",
-          f"Seeds: PPO {results['seeds']['ppo']}, evaluation {results['seeds']['eval']}, corpus {results['seeds']['corpus']}. "
+          f"Seeds: PPO {_ppo_seeds(results)}, evaluation {results['seeds']['eval']}, corpus {results['seeds']['corpus']}. "
           f"Per-task evaluation report: `{results['eval_report']}`.", ""]
     md += ["## Findings", "", *[f"- {line}" for line in findings(results)], ""]
     for name, file in plots.items():
@@ -474,7 +480,7 @@ def render_html(results: dict, plots: dict[str, Path]) -> str:
              "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}"
              "th{background:#f3f3f3}.note{color:#555;font-size:13px}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}</style></head><body>",
              f"<h1>KARMA experiment: {e(results['name'])}</h1>",
-             f"<p class='note'>Seeds: PPO {e(str(results['seeds']['ppo']))}, evaluation {e(str(results['seeds']['eval']))}, corpus "
+             f"<p class='note'>Seeds: PPO {e(_ppo_seeds(results))}, evaluation {e(str(results['seeds']['eval']))}, corpus "
              f"{e(str(results['seeds']['corpus']))}. Per-task evaluation: <a href='eval/report.html'>eval/report.html</a>.</p>",
              "<h2>Findings</h2><ul>", *[f"<li>{e(line)}</li>" for line in findings(results)], "</ul>"]
     for name, file in plots.items():

@@ -180,13 +180,16 @@ def plan_experiment(cfg: ExperimentConfig, output: str | os.PathLike) -> Experim
             raise ExperimentError(f"ppo.prompts: {prompt_file} is not a file (give 'corpus' or a JSONL/Parquet prompt file)")
         prompt_overrides = ["prompts.source=file", f"prompts.path={prompt_file}"]
         note = f"PPO prompts: {prompt_file.name} (no Reddit text): the base arm never sees the corpus."
-    cells = [Cell(v, cond, s) for v in cfg.policy_variants for cond in cfg.exposure.conditions for s in cfg.ppo.seeds]
+    def seeds(variant: str) -> tuple[int, ...]:
+        return cfg.ppo.constant_seeds if variant == "constant" and cfg.ppo.constant_seeds else cfg.ppo.seeds
+
+    cells = [Cell(v, cond, s) for v in cfg.policy_variants for cond in cfg.exposure.conditions for s in seeds(v)]
     ppo: dict[str, Any] = {}
     for cell in cells:
         start = str(out / "sft" / "model") if cell.condition == "exposure" else policy
         ppo[cell.name] = load(PPOConfig, cfg.ppo, [
             f"model.policy={start}", f"reward.models=[{{path: '{rm_dir / cell.variant}', name: karma_{cell.variant}}}]",
-            *prompt_overrides, f"run.seed={cell.seed}", *ray_overrides], "ppo.config")
+            *prompt_overrides, f"run.seed={cell.seed}", "run.final_checkpoint=false", *ray_overrides], "ppo.config")
     judge = rm_dir / cfg.rm.judge
     evaluation = load(EvalConfig, cfg.eval, [f"karma.corpus={prepared}", f"karma.reward_model={judge}", *ray_overrides], "eval.config")
     models = [f"base={policy}"]

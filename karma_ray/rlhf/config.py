@@ -193,6 +193,10 @@ class RunConfig:
     samples_per_prompt: int = option(1, "Responses per prompt (>1 for grpo/rloo groups).")
     seed: int = option(0, "Seed of prompt order, sampling and initialization.")
     checkpoint_every: int = option(5, "Checkpoint every N iterations (and at the end); 0: only at the end.")
+    final_checkpoint: bool = option(
+        True, "Checkpoint after the last iteration too (what `--resume` with more iterations continues from). Off where "
+              "only the exported policy is kept: the experiment's cells, whose checkpoints (weights and Adam moments, "
+              "2.1 GB on SmolLM2-135M) are never read.")
     keep_checkpoints: int = option(2, "Most recent checkpoints kept.")
     tensorboard: bool = option(True, "Write TensorBoard event files beside metrics.jsonl.")
     wandb_project: str | None = option(None, "Also log to Weights & Biases (needs `wandb` and a login).")

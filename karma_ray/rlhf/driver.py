@@ -356,7 +356,9 @@ class PPODriver:
 
     def _checkpoint_due(self, step: int) -> bool:
         every = self.cfg.run.checkpoint_every
-        return step == self.cfg.run.iterations or (every > 0 and step % every == 0)
+        if step == self.cfg.run.iterations:
+            return self.cfg.run.final_checkpoint
+        return every > 0 and step % every == 0
 
     def _resync_engine(self, i: int, actor: Any) -> None:
         self.roles.sync_weights(engines=[actor])

@@ -66,6 +66,14 @@ def test_seeds_and_conditions_multiply_the_cells(tmp_path):
     assert {c.condition for c in p.cells} == {"base"} and "sft" not in p.steps
 
 
+def test_the_constant_control_gets_its_own_seeds_and_no_cell_writes_a_final_checkpoint(tmp_path):
+    p = plan(tmp_path, "ppo.seeds=[0,1]", "ppo.constant_seeds=[0]", "exposure.conditions=[base]")
+    assert [c.name for c in p.cells] == ["text-base-s0", "text-base-s1", "text_meta-base-s0", "text_meta-base-s1",
+                                         "constant-base-s0"]
+    assert all(cfg.run.final_checkpoint is False for cfg in p.ppo.values())
+    assert len(plan(tmp_path, "ppo.seeds=[0,1]", "exposure.conditions=[base]").cells) == 3 * 2  # empty: ppo.seeds
+
+
 def test_ppo_variants_choose_the_cells_and_every_rm_is_still_trained(tmp_path):
     p = plan(tmp_path, "ppo.variants=[constant, text]")
     assert [c.name for c in p.cells] == ["text-exposure-s0", "text-base-s0", "constant-exposure-s0", "constant-base-s0"]
@@ -78,6 +86,7 @@ def test_ppo_variants_choose_the_cells_and_every_rm_is_still_trained(tmp_path):
     ("rm.judge=response", "not one of rm.variants"),
     ("rm.judge=constant", "is a control"),
     ("ppo.seeds=[1,1]", "distinct"),
+    ("ppo.constant_seeds=[0,0]", "constant_seeds must be distinct"),
     ("exposure.conditions=[exposure, exposure]", "at most once"),
     ("ppo.variants=[text, response]", "ppo.variants ['response'] are not trained"),
     ("ppo.variants=[text, text]", "names a variant twice"),

@@ -105,3 +105,18 @@ def test_the_live_policy_is_evaluated_through_its_workers_every_n_iterations(tmp
     lm = ScoringLM(load_tokenizer(str(exported)), lambda p: scorer.continuation_logprobs(p, max_length=256), 256)
     items = evaluate_multiple_choice(lm, [(d.spec, d.docs, d.fewshot) for d in data], seed=0)["humor"]
     assert last["eval/humor/acc"] == pytest.approx(sum(i.value for i in items) / len(items), abs=1e-9)
+
+
+@pytest.mark.parametrize("every,final,due", [
+    (2, True, [2, 4, 5]),  # every 2nd iteration and the last
+    (2, False, [2, 4]),  # the experiment's cells: no checkpoint after the last iteration
+    (0, True, [5]),
+    (0, False, []),
+])
+def test_checkpoints_fall_on_every_nth_iteration_and_the_last_unless_it_is_switched_off(every, final, due):
+    from types import SimpleNamespace
+
+    from karma_ray.rlhf.driver import PPODriver
+
+    cfg = load_config(PPOConfig, "configs/ppo/smollm2-cpu.yaml", ["run.iterations=5", f"run.checkpoint_every={every}", f"run.final_checkpoint={str(final).lower()}"])
+    assert [s for s in range(1, 6) if PPODriver._checkpoint_due(SimpleNamespace(cfg=cfg), s)] == due
