@@ -92,6 +92,10 @@ class PPOSection:
     trial_cpus: float = option(0.1, "CPUs of each Ray Tune trial's own driver (its PPO roles reserve theirs).")
     max_failures: int = option(1, "Retries of a failed PPO cell (a lost node, a crashed actor) before it is reported as failed.")
 
+    def seeds_of(self, variant: str) -> tuple[int, ...]:
+        """The seeds of one reward variant's cells."""
+        return self.constant_seeds if variant == "constant" and self.constant_seeds else self.seeds
+
     def validate(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"ppo.seeds must be distinct and non-empty (got {list(self.seeds)})")

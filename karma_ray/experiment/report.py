@@ -157,7 +157,7 @@ def build_results(plan: Any, outcomes: dict[str, dict], lineage: dict, log: Any)
                                            seed=evaluation.get("seed") or 0)
     return {
         "karma_experiment": 1, "name": plan.cfg.name, "output": str(out),
-        "seeds": {"ppo": list(plan.cfg.ppo.seeds), "ppo_constant": list(plan.cfg.ppo.constant_seeds or plan.cfg.ppo.seeds), "eval": evaluation.get("seed"), "corpus": plan.cfg.corpus.synthetic_seed},
+        "seeds": {"ppo": list(plan.cfg.ppo.seeds), "ppo_constant": list(plan.cfg.ppo.seeds_of("constant")), "eval": evaluation.get("seed"), "corpus": plan.cfg.corpus.synthetic_seed},
         "synthetic": bool(plan.cfg.corpus.synthetic_comments),
         "rm": rm, "cells": cells, "downstream": downstream, "pooled": pooled, "contrasts": contrasts,
         "higher_is_better": {f"{t}/{m}": h for (t, m), h in higher.items()},

@@ -180,10 +180,7 @@ def plan_experiment(cfg: ExperimentConfig, output: str | os.PathLike) -> Experim
             raise ExperimentError(f"ppo.prompts: {prompt_file} is not a file (give 'corpus' or a JSONL/Parquet prompt file)")
         prompt_overrides = ["prompts.source=file", f"prompts.path={prompt_file}"]
         note = f"PPO prompts: {prompt_file.name} (no Reddit text): the base arm never sees the corpus."
-    def seeds(variant: str) -> tuple[int, ...]:
-        return cfg.ppo.constant_seeds if variant == "constant" and cfg.ppo.constant_seeds else cfg.ppo.seeds
-
-    cells = [Cell(v, cond, s) for v in cfg.policy_variants for cond in cfg.exposure.conditions for s in seeds(v)]
+    cells = [Cell(v, cond, s) for v in cfg.policy_variants for cond in cfg.exposure.conditions for s in cfg.ppo.seeds_of(v)]
     ppo: dict[str, Any] = {}
     for cell in cells:
         start = str(out / "sft" / "model") if cell.condition == "exposure" else policy

@@ -192,7 +192,7 @@ class RunConfig:
     prompts_per_iteration: int = option(16, "Prompts per iteration (x rollout samples per prompt = sequences).")
     samples_per_prompt: int = option(1, "Responses per prompt (>1 for grpo/rloo groups).")
     seed: int = option(0, "Seed of prompt order, sampling and initialization.")
-    checkpoint_every: int = option(5, "Checkpoint every N iterations (and at the end); 0: only at the end.")
+    checkpoint_every: int = option(5, "Checkpoint every N iterations (and at the end unless run.final_checkpoint is off); 0: only at the end.")
     final_checkpoint: bool = option(
         True, "Checkpoint after the last iteration too (what `--resume` with more iterations continues from). Off where "
               "only the exported policy is kept: the experiment's cells, whose checkpoints (weights and Adam moments, "
