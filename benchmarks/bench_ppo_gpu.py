@@ -51,7 +51,7 @@ SIZES = {
 VARIANTS = {
     "gae": [],
     "rloo": ["algo.estimator=rloo", "run.samples_per_prompt=2", "run.prompts_per_iteration={half}"],
-    "gae_zero3": ["policy.zero_stage=3", "critic.zero_stage=3"],
+    "gae_zero3": ["policy.deepspeed.zero_stage=3", "critic.deepspeed.zero_stage=3"],
 }
 CPU_OVERRIDES = [  # the smoke test on a CPU machine: same loop, float32, no GPU shares, small batches
     "model.dtype=float32",

@@ -8,7 +8,7 @@ training examples, formatted with the same `rm_text`, batch size, max length, Ad
   1. baseline: ONE process, no Ray: tokenize a batch, forward, backward, clip, step (the obvious loop);
   2. `karma train-rm` (Ray Train TorchTrainer, Ray Data input) with 1 worker, then 2 workers; its
      throughput is the workers' own count of training samples per second of the training loop
-     (`train_samples_per_s`), and end to end (start of `run_train_rm` to metrics.json) for reference.
+     (`samples_per_s`), and end to end (start of `run_train_rm` to metrics.json) for reference.
 Prints ratios against the baseline measured in the same run (target >= 0.9x with 1 worker). Results also
 go to WORKDIR/bench_rm.json. Without --data a synthetic corpus is generated and prepared in WORKDIR.
 """
@@ -102,7 +102,7 @@ def karma_samples_per_s(backbone: str, data: Path, workdir: Path, workers: int, 
     run_train_rm(cfg, workdir / f"karma_w{workers}", data=data, overwrite=True)
     wall = time.perf_counter() - start
     summary = json.loads((workdir / f"karma_w{workers}" / "train_summary.json").read_text())
-    loop = summary["history"][-1]["train_samples_per_s"]
+    loop = summary["history"][-1]["samples_per_s"]
     import ray
 
     ray.shutdown()
@@ -140,7 +140,7 @@ def main() -> int:
     runs = []
     for w in args.workers:
         r = karma_samples_per_s(backbone, data, workdir, w, args.cpus, base)
-        r["ratio_vs_baseline"] = r["train_samples_per_s"] / baseline
+        r["ratio_vs_baseline"] = r["samples_per_s"] / baseline
         runs.append(r)
         print(f"karma train-rm, {w} worker(s): {r['train_samples_per_s']:.1f} samples/s = {r['ratio_vs_baseline']:.2f}x baseline "
               f"(end to end {r['end_to_end_s']:.0f} s incl. Ray start, data read, eval, export)")

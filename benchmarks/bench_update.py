@@ -93,12 +93,13 @@ def time_plain(model_path: str, exp, micro_batch: int, repeats: int, autocast: b
 
 def time_policy_worker(model_path: str, exp, micro_batch: int, repeats: int, dtype: str, zero_stage: int) -> tuple[list[float], torch.Tensor]:
     from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig
+    from karma_ray.training.config import DeepSpeedConfig
     from karma_ray.rlhf.workers.distributed import free_port
     from karma_ray.rlhf.workers.policy import PolicyWorker
 
     # TrainerConfig is built directly (not validated): the config allows ZeRO 2|3 only, stage 0 here
     # measures DeepSpeed's engine without ZeRO partitioning.
-    worker = PolicyWorker(ModelConfig(policy=model_path, dtype=dtype), TrainerConfig(micro_batch_size=micro_batch, lr=1e-6, zero_stage=zero_stage),
+    worker = PolicyWorker(ModelConfig(policy=model_path, dtype=dtype), TrainerConfig(micro_batch_size=micro_batch, lr=1e-6, deepspeed=DeepSpeedConfig(zero_stage=zero_stage)),
                           AlgoConfig(minibatch_size=len(exp), ppo_epochs=1, kl_placement="reward"),
                           0, 1, "127.0.0.1", free_port())
     logprobs = worker.logprobs(exp.sequences)  # before any update: the dtype's own numerics

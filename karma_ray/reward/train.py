@@ -3,12 +3,11 @@
 Driver (`run_train_rm`): TRAIN statistics -> Ray Datasets -> TorchTrainer.fit() -> export the chosen
 checkpoint to OUTPUT/model -> score val and test with RewardScorer -> OUTPUT/metrics.json.
 
-Worker (`train_loop_per_worker`): builds the model, restores the latest checkpoint if Ray Train hands
-one over (a rerun with `--resume`, or a restart after a worker died: FailureConfig), reads its shard of
-the examples (and sibling pairs) once through Ray Data into memory, then per epoch: shuffled steps
-(regression rows and pairs of a step go through ONE forward pass, so DDP sees one forward per
-backward), val scored by all workers (each its share, gathered), one `ray.train.report` with a
-checkpoint from rank 0 (from every rank under DeepSpeed). The model and optimizer are a
+Worker (`train_loop_per_worker`): reads its shard of the examples (and sibling pairs) once through Ray
+Data into memory, then runs the shared training loop (karma_ray/training/loop.py: restore, steps,
+evaluation, checkpoints, resume) on a `RewardTask`: per epoch, shuffled steps (regression rows and
+pairs of a step go through ONE forward pass, so DDP sees one forward per backward), then val scored by
+all workers (each its share, gathered) and one report with a checkpoint. The model and optimizer are a
 karma_ray.training.Learner (DDP, or DeepSpeed ZeRO-2/3: `deepspeed.zero_stage`). A checkpoint folder
 is an exported reward-model folder (scorer-loadable; gathered from every rank under ZeRO-3) plus
 trainer_state.json and the optimizer's checkpoint: optimizer.pt (plain torch) or deepspeed/state/
@@ -26,8 +25,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,12 +37,12 @@ from karma_ray.reward.data import evaluate_split, fit_specs, needs_pairs, open_c
 from karma_ray.reward.metrics import SplitMetrics
 from karma_ray.reward.inputs import build_inputs, rm_text
 from karma_ray.reward.model import METADATA_FILE, RewardModelMeta
-from karma_ray.training.faults import FaultInjector, forwarded_env
-from karma_ray.training.learner import OPTIMIZER_FILE, Learner
+from karma_ray.training.faults import FaultInjector
+from karma_ray.training.learner import OPTIMIZER_FILE
+from karma_ray.training.loop import TRAINER_STATE, LoopPlan, LoopState, StepSums, run_loop, torch_trainer
 from karma_ray.stage import begin_stage, claim_output, config_digest, finish_stage
 
 RUN_NAME = "train_rm"
-TRAINER_STATE = "trainer_state.json"
 
 
 def prepare_output(output: str | os.PathLike, resume: bool, overwrite: bool = False, dry_run: bool = False) -> Path:
@@ -158,20 +155,162 @@ def _score_rows(model: Any, shard: ShardData, idx: np.ndarray, tokenizer: Any, m
     return out
 
 
-def _nan_for_none(metrics: dict) -> dict:
-    return {k: (float("nan") if v is None else v) for k, v in metrics.items()}
+@dataclass(frozen=True)
+class RewardMicroBatch:
+    """One step's rows: the regression rows and both sides of the sibling pairs, one forward."""
+
+    inputs: Any  # model inputs of n_reg + 2 * n_pair rows (ModelInputs)
+    targets: Any  # (n_reg,) standardized targets, or None
+    n_reg: int
+    n_pair: int
+
+
+class RewardTask:
+    """A reward model's part of the training loop (karma_ray.training.loop.TrainTask): this worker's
+    shard in memory, shuffled steps of regression rows and sibling pairs, val scored by every worker
+    (each its share, gathered). A control variant (random, constant) has no model: no steps, one val."""
+
+    def __init__(self, cfg: RewardModelConfig, meta: RewardModelMeta, *, rank: int, world: int, device: Any,
+                 train_cols: dict, val_cols: dict, pair_cols: dict, val_pairs: list) -> None:
+        import torch
+        import torch.distributed as dist
+
+        from karma_ray.reward.model import build_reward_model
+        from karma_ray.training.learner import Learner
+
+        self.cfg, self.meta, self.rank, self.world, self.device = cfg, meta, rank, world, device
+        self.distributed = world > 1 and dist.is_available() and dist.is_initialized()
+        self.model = self.tokenizer = self.learner = None
+        self.last_val: dict = {}
+        self.n_train, self.n_pairs = len(train_cols.get("reply", [])), len(pair_cols.get("chosen", []))
+        self.train_shard = example_shard(train_cols, meta) if self.n_train else None
+        self.y_train = meta.target.standardize(train_cols.get(meta.target.column, [])) if self.n_train else np.zeros(0)
+        self.chosen, self.rejected = pair_shards(pair_cols, meta) if self.n_pairs else (None, None)
+        self.val_cols, self.val_pairs = val_cols, val_pairs
+        self.val_ids = val_cols.get("id", [])
+        self.val_shard = example_shard(val_cols, meta) if self.val_ids else None
+        self.y_val = meta.target.standardize(val_cols.get(meta.target.column, [])) if self.val_ids else np.zeros(0)
+        self.steps = 0
+        if meta.variant in CONTROL_VARIANTS:
+            return
+        self.model, self.tokenizer = build_reward_model(meta, cfg.model.backbone, cfg.model.dtype, cfg.model.trust_remote_code, cfg.train.seed)
+        reg_steps = math.ceil(self.n_train / cfg.train.batch_size) if cfg.loss.regression_on else 0
+        self.steps = reg_steps if cfg.loss.regression_on else math.ceil(self.n_pairs / cfg.train.pair_batch_size)
+        if self.distributed:  # every worker must take the same number of steps (one allreduce per step)
+            t = torch.tensor([self.steps], dtype=torch.int64)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            self.steps = int(t.item())
+        if self.steps == 0:
+            raise RuntimeError(f"worker {rank} has no training rows (examples {self.n_train}, pairs {self.n_pairs})")
+        head_ids = {id(p) for p in self.model.head_parameters()}
+        groups = [
+            {"params": [p for p in self.model.parameters() if id(p) not in head_ids], "lr": cfg.train.lr},
+            {"params": [p for p in self.model.parameters() if id(p) in head_ids], "lr": cfg.train.head_lr},
+        ]
+        self.learner = Learner(self.model, [g for g in groups if g["params"]], deepspeed=cfg.deepspeed,
+                               micro_batch_size=cfg.train.batch_size, grad_clip=cfg.train.grad_clip,
+                               schedule=lr_lambda(self.steps * cfg.train.epochs, cfg.train.warmup_fraction),
+                               weight_decay=cfg.train.weight_decay, dtype=getattr(torch, cfg.model.dtype), device=device)
+
+    def micro_batches(self, epoch: int, skip: int):
+        import torch
+
+        if self.learner is None:
+            return
+        cfg = self.cfg
+        self.learner.train()
+        rng = np.random.default_rng(cfg.train.seed * 1000 + epoch * 10 + self.rank)
+        reg_order = rng.permutation(self.n_train)
+        pair_order = rng.permutation(self.n_pairs) if self.n_pairs else np.zeros(0, dtype=np.int64)
+        for step in range(skip, self.steps):
+            parts, reg_idx, n_pair = [], np.zeros(0, dtype=np.int64), 0
+            if cfg.loss.regression_on:
+                reg_idx = reg_order[step * cfg.train.batch_size : (step + 1) * cfg.train.batch_size]
+                parts.append(self.train_shard.take(reg_idx))
+            if cfg.loss.pairwise_on and self.n_pairs:
+                # pairs cycle when an epoch is counted in examples
+                pos = (np.arange(cfg.train.pair_batch_size) + step * cfg.train.pair_batch_size) % self.n_pairs
+                pair_idx = pair_order[pos[: min(len(pos), self.n_pairs)]]
+                parts += [self.chosen.take(pair_idx), self.rejected.take(pair_idx)]
+                n_pair = len(pair_idx)
+            targets = torch.as_tensor(self.y_train[reg_idx], dtype=torch.float32, device=self.device) if len(reg_idx) else None
+            inputs = build_inputs(*concat_parts(parts), self.tokenizer, self.meta.max_length).to(self.device)
+            yield RewardMicroBatch(inputs, targets, len(reg_idx), n_pair)
+
+    def train_step(self, micro_batches):
+        from karma_ray.reward.losses import reward_loss
+
+        (micro,) = micro_batches
+        n_reg, n_pair = micro.n_reg, micro.n_pair
+
+        def loss_fn(model, m: RewardMicroBatch):
+            scores = model(m.inputs)  # (n_reg + 2 * n_pair,): regression rows and both pair sides, one forward
+            loss = reward_loss(self.cfg.loss, scores=scores[:n_reg], targets=m.targets,
+                               chosen=scores[n_reg : n_reg + n_pair], rejected=scores[n_reg + n_pair :])
+            return loss.total, float(loss.total.detach())
+
+        step = self.learner.step([micro], loss_fn)
+        return StepSums(loss_sum=step.outputs[0], loss_count=1.0, samples=n_reg + 2 * n_pair, tokens=0,
+                        grad_norm=step.grad_norm, lr=step.lr)
+
+    def evaluate(self) -> dict | None:
+        import torch.distributed as dist
+
+        from karma_ray.reward.metrics import reward_metrics
+        from karma_ray.reward.scorer import random_control_score
+
+        if not self.val_ids:
+            return None
+        mine = np.arange(self.rank, len(self.val_ids), self.world)
+        if self.learner is None:
+            part = np.array([0.0 if self.meta.variant == "constant" else
+                             random_control_score(self.meta.random_seed, self.val_cols["context"][i], self.val_cols["reply"][i]) for i in mine])
+        else:
+            self.learner.train(False)
+            # every rank runs the same number of forwards (under ZeRO-3 each one is collective)
+            batches = math.ceil(math.ceil(len(self.val_ids) / self.world) / self.cfg.train.eval_batch_size)
+            part = _score_rows(self.learner.model, self.val_shard, mine, self.tokenizer, self.meta, self.cfg.train.eval_batch_size,
+                               self.device, batches)
+        gathered = [(mine.tolist(), part.tolist())]
+        if self.distributed:
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, (mine.tolist(), part.tolist()))
+        scores = np.empty(len(self.val_ids))
+        for idx, sc in gathered:
+            scores[idx] = sc
+        self.last_val = reward_metrics(scores.tolist(), self.y_val.tolist(), self.val_ids, self.val_pairs)
+        return self.last_val
+
+    def save(self, folder: Path, writer: bool) -> None:
+        """A scorer-loadable reward-model folder (gathered from every rank under ZeRO-3) plus the
+        optimizer's checkpoint; every rank calls it."""
+        from karma_ray.reward.model import save_reward_model
+
+        full = self.learner.full_state_dict() if self.learner is not None and self.learner.zero_stage == 3 else None
+        if self.learner is not None:
+            self.learner.save(folder, writer=writer)
+        if writer:
+            save_reward_model(folder, self.model, self.tokenizer, replace(self.meta, extra={"val": self.last_val}), state_dict=full)
+
+    def load(self, folder: Path) -> None:
+        from karma_ray.reward.model import load_reward_model
+
+        if self.learner is None:
+            return
+        if self.learner.engine is None:  # under DeepSpeed, learner.load restores the module too
+            restored, _, _ = load_reward_model(folder, dtype=self.cfg.model.dtype)
+            self.model.load_state_dict(restored.state_dict())
+        # the Adam moments (this rank's ZeRO partition under DeepSpeed) and the LR schedule: a resumed
+        # run takes the same steps an uninterrupted one would have
+        self.learner.load(folder)
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train worker loop (see the module docstring). `config`: cfg, meta, output, val_pairs."""
+    """Ray Train worker: this worker's shards read once, then the shared loop (training/loop.py).
+    `config`: cfg, meta, output, val_pairs."""
     import ray.train
     import torch
-    import torch.distributed as dist
 
-    from karma_ray.reward.losses import reward_loss
-    from karma_ray.reward.metrics import reward_metrics
-    from karma_ray.reward.model import build_reward_model, load_reward_model, save_reward_model
-    from karma_ray.reward.scorer import random_control_score
 
     cfg: RewardModelConfig = config["cfg"]
     meta: RewardModelMeta = config["meta"]
@@ -179,162 +318,17 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.train.threads_per_worker or max(1, int(cfg.scaling.cpus_per_worker)))
     device = ray.train.torch.get_device()
-    distributed = world > 1 and dist.is_available() and dist.is_initialized()
     is_control = meta.variant in CONTROL_VARIANTS
-
-    # ---- the model, restored from the latest checkpoint when there is one ----
-    model = tokenizer = None
-    start_epoch, global_step, history = 0, 0, []
-    if not is_control:
-        model, tokenizer = build_reward_model(meta, cfg.model.backbone, cfg.model.dtype, cfg.model.trust_remote_code, cfg.train.seed)
-    checkpoint = ray.train.get_checkpoint()
-    resumed_from = -1
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = json.loads((Path(d) / TRAINER_STATE).read_text())
-            start_epoch, global_step, history = state["epoch"] + 1, state["global_step"], state["history"]
-            resumed_from = state["epoch"]
-            if model is not None:  # the weights; the optimizer's state is restored once the learner exists
-                restored, _, _ = load_reward_model(d, dtype=cfg.model.dtype)
-                model.load_state_dict(restored.state_dict())
-        if rank == 0:
-            print(f"[train-rm] resumed from the checkpoint of epoch {resumed_from + 1} (global step {global_step})", flush=True)
-
-    # ---- data: this worker's shard, read once ----
-    train_cols = collect_shard(ray.train.get_dataset_shard("train"))
-    val_cols = collect_shard(ray.train.get_dataset_shard("val"))
+    if cfg.deepspeed.enabled:
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
     pair_iter = ray.train.get_dataset_shard("train_pairs") if cfg.loss.pairwise_on and not is_control else None
-    pair_cols = collect_shard(pair_iter) if pair_iter is not None else {}
-    n_train, n_pairs = len(train_cols.get("reply", [])), len(pair_cols.get("chosen", []))
-    train_shard = example_shard(train_cols, meta) if n_train else None
-    y_train = meta.target.standardize(train_cols.get(meta.target.column, [])) if n_train else np.zeros(0)
-    chosen_shard, rejected_shard = pair_shards(pair_cols, meta) if n_pairs else (None, None)
-
-    steps = 0
-    if not is_control:
-        reg_steps = math.ceil(n_train / cfg.train.batch_size) if cfg.loss.regression_on else 0
-        pair_steps = math.ceil(n_pairs / cfg.train.pair_batch_size) if cfg.loss.pairwise_on else 0
-        steps = reg_steps if cfg.loss.regression_on else pair_steps
-        if distributed:  # every worker must take the same number of steps (one allreduce per step)
-            t = torch.tensor([steps], dtype=torch.int64)
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
-            steps = int(t.item())
-        if steps == 0:
-            raise RuntimeError(f"worker {rank} has no training rows (examples {n_train}, pairs {n_pairs})")
-
-    # ---- optimizer: torch AdamW, under DDP or DeepSpeed ZeRO-2/3 (karma_ray.training.Learner) ----
-    learner = None
-    if model is not None:
-        head_ids = {id(p) for p in model.head_parameters()}
-        groups = [
-            {"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": cfg.train.lr},
-            {"params": [p for p in model.parameters() if id(p) in head_ids], "lr": cfg.train.head_lr},
-        ]
-        if cfg.deepspeed.enabled:
-            os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
-        learner = Learner(model, [g for g in groups if g["params"]], deepspeed=cfg.deepspeed,
-                          micro_batch_size=cfg.train.batch_size, grad_clip=cfg.train.grad_clip,
-                          schedule=lr_lambda(steps * cfg.train.epochs, cfg.train.warmup_fraction),
-                          weight_decay=cfg.train.weight_decay, dtype=getattr(torch, cfg.model.dtype), device=device)
-        if checkpoint is not None:
-            # The Adam moments (this rank's ZeRO partition under DeepSpeed) and the LR schedule: a
-            # resumed run takes the same steps an uninterrupted one would have.
-            with checkpoint.as_directory() as d:
-                learner.load(Path(d))
-    unwrapped = model
-
-    val_ids = val_cols.get("id", [])
-    val_shard = example_shard(val_cols, meta) if val_ids else None
-    y_val = meta.target.standardize(val_cols.get(meta.target.column, [])) if val_ids else np.zeros(0)
-    val_pairs = config.get("val_pairs", [])
-    epochs = 1 if is_control else cfg.train.epochs
-    faults = FaultInjector.from_env(config["output"], rank)
-
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        losses, samples = [], 0
-        if not is_control:
-            learner.train()
-            rng = np.random.default_rng(cfg.train.seed * 1000 + epoch * 10 + rank)
-            reg_order = rng.permutation(n_train)
-            pair_order = rng.permutation(n_pairs) if n_pairs else np.zeros(0, dtype=np.int64)
-            for step in range(steps):
-                parts, n_reg, n_pair = [], 0, 0
-                if cfg.loss.regression_on:
-                    reg_idx = reg_order[step * cfg.train.batch_size : (step + 1) * cfg.train.batch_size]
-                    parts.append(train_shard.take(reg_idx))
-                    n_reg = len(reg_idx)
-                if cfg.loss.pairwise_on and n_pairs:
-                    # pairs cycle when an epoch is counted in examples
-                    pos = (np.arange(cfg.train.pair_batch_size) + step * cfg.train.pair_batch_size) % n_pairs
-                    pair_idx = pair_order[pos[: min(len(pos), n_pairs)]]
-                    parts += [chosen_shard.take(pair_idx), rejected_shard.take(pair_idx)]
-                    n_pair = len(pair_idx)
-                inputs = build_inputs(*concat_parts(parts), tokenizer, meta.max_length).to(device)
-                targets = torch.as_tensor(y_train[reg_idx], dtype=torch.float32, device=device) if n_reg else None
-
-                def loss_fn(m, batch, n_reg=n_reg, n_pair=n_pair, targets=targets):
-                    scores = m(batch)  # (n_reg + 2 * n_pair,): regression rows and both pair sides, one forward
-                    loss = reward_loss(cfg.loss, scores=scores[:n_reg], targets=targets,
-                                       chosen=scores[n_reg : n_reg + n_pair], rejected=scores[n_reg + n_pair :])
-                    return loss.total, float(loss.total.detach())
-
-                losses += learner.step([inputs], loss_fn).outputs
-                samples += n_reg + 2 * n_pair
-                global_step += 1
-                faults.after_step(global_step)
-            learner.train(False)
-        train_seconds = time.perf_counter() - t0
-
-        # ---- val: each worker scores its share, then all gather ----
-        val_scores = np.zeros(0)
-        if val_ids:
-            mine = np.arange(rank, len(val_ids), world)
-            if is_control:
-                part = np.array([0.0 if meta.variant == "constant" else random_control_score(meta.random_seed, val_cols["context"][i], val_cols["reply"][i]) for i in mine])
-            else:
-                # every rank runs the same number of forwards (under ZeRO-3 each one is collective)
-                batches = math.ceil(math.ceil(len(val_ids) / world) / cfg.train.eval_batch_size)
-                part = _score_rows(learner.model, val_shard, mine, tokenizer, meta, cfg.train.eval_batch_size, device, batches)
-            gathered = [None] * world
-            if distributed:
-                dist.all_gather_object(gathered, (mine.tolist(), part.tolist()))
-            else:
-                gathered = [(mine.tolist(), part.tolist())]
-            val_scores = np.empty(len(val_ids))
-            for idx, sc in gathered:
-                val_scores[idx] = sc
-        val = reward_metrics(val_scores.tolist(), y_val.tolist(), val_ids, val_pairs) if val_ids else {}
-        total_samples = samples * world
-        record = {
-            "epoch": epoch + 1,
-            "global_step": global_step,
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "train_samples_per_s": total_samples / train_seconds if samples else float("nan"),
-            "train_seconds": train_seconds,
-            "resumed_from_epoch": resumed_from + 1,  # 0: started fresh
-            **{f"val_{k}": v for k, v in val.items()},
-        }
-        history.append({k: v for k, v in record.items()})
-        if rank == 0:
-            print(
-                f"[train-rm] epoch {epoch + 1}/{epochs} step {global_step} loss {record['train_loss']:.4f} "
-                f"val spearman {val.get('spearman')} pairwise acc {val.get('pairwise_accuracy')} "
-                f"({record['train_samples_per_s']:.1f} samples/s)",
-                flush=True,
-            )
-        with tempfile.TemporaryDirectory() as tmp:
-            # Every rank takes part: ZeRO-3 gathers the weights, and under DeepSpeed each rank writes its
-            # own optimizer partition (Ray Train merges the ranks' folders into one checkpoint).
-            full = learner.full_state_dict() if learner is not None and learner.zero_stage == 3 else None
-            if learner is not None:
-                learner.save(tmp, writer=rank == 0)
-            if rank == 0:
-                epoch_meta = replace(meta, extra={"epoch": epoch + 1, "global_step": global_step, "val": val})
-                save_reward_model(tmp, unwrapped, tokenizer, epoch_meta, state_dict=full)
-                (Path(tmp) / TRAINER_STATE).write_text(json.dumps({"epoch": epoch, "global_step": global_step, "history": history}, default=str))
-            ckpt = ray.train.Checkpoint.from_directory(tmp) if any(Path(tmp).iterdir()) else None
-            ray.train.report(_nan_for_none(record), checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+    task = RewardTask(cfg, meta, rank=rank, world=world, device=device,
+                      train_cols=collect_shard(ray.train.get_dataset_shard("train")),
+                      val_cols=collect_shard(ray.train.get_dataset_shard("val")),
+                      pair_cols=collect_shard(pair_iter) if pair_iter is not None else {},
+                      val_pairs=config.get("val_pairs", []))
+    plan = LoopPlan(stage="train-rm", epochs=1 if is_control else cfg.train.epochs, eval_every_epoch=True)
+    run_loop(task, plan, rank=rank, device=device, after_step=FaultInjector.from_env(config["output"], rank).after_step)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,35 +340,16 @@ def build_trainer(cfg: RewardModelConfig, data: str | os.PathLike, output: Path,
                   storage_path: str, name: str, callbacks: list | None = None, materialize: bool = True):
     """The TorchTrainer of one run (also used by each sweep trial)."""
     from ray.data import DataContext
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+
 
     DataContext.get_current().enable_progress_bars = cfg.ray.progress_bars
-
     val_pairs, _ = split_pairs(data, "val")
-    env = {"DS_ACCELERATOR": "cuda" if cfg.scaling.use_gpu else "cpu", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-           "TOKENIZERS_PARALLELISM": "false", **forwarded_env()}
-    datasets = ray_datasets(data, cfg, materialize)
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "meta": meta, "output": str(output), "val_pairs": val_pairs},
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
-        ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=[name for name in ("train", "train_pairs") if name in datasets]),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.scaling.keep_checkpoints),
-            callbacks=callbacks,
-            worker_runtime_env={"env_vars": env},
-        ),
-    )
+    return torch_trainer(
+        train_loop_per_worker, {"cfg": cfg, "meta": meta, "output": str(output), "val_pairs": val_pairs},
+        name=name, storage_path=storage_path, num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+        cpus_per_worker=cfg.scaling.cpus_per_worker, max_failures=cfg.scaling.max_failures,
+        keep_checkpoints=cfg.scaling.keep_checkpoints, datasets=ray_datasets(data, cfg, materialize),
+        split=("train", "train_pairs"), callbacks=callbacks)
 
 
 def choose_checkpoint(result: Any, cfg: RewardModelConfig):
@@ -450,19 +425,20 @@ def run_train_rm(cfg: RewardModelConfig, output: str | os.PathLike, *, data: str
         raise result.error
     checkpoint, chosen = choose_checkpoint(result, cfg)
     with checkpoint.as_directory() as d:
-        history = json.loads((Path(d) / TRAINER_STATE).read_text())["history"] if (Path(d) / TRAINER_STATE).exists() else []
         model_dir = export_checkpoint(d, out / "model")
     metrics = evaluate_model_dir(model_dir, data, cfg)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    last = result.metrics or {}
+    with result.checkpoint.as_directory() as d:  # the latest: the whole run's history
+        state = LoopState.read(Path(d))
     summary = {
         "variant": cfg.input.variant,
         "exported_epoch": chosen.get("epoch"),
         "select_checkpoint": cfg.train.select_checkpoint,
         "objective": cfg.train.objective,
-        "epochs_run": last.get("epoch"),
-        "resumed_from_epoch": last.get("resumed_from_epoch"),
-        "history": _last_history(result) or history,
+        "epochs_run": state.epoch,
+        "resumed_from_epoch": state.resumed_at_epoch,  # 0: never restored
+        "restarts": state.restarts,
+        "history": state.history,
         "config": to_dict(cfg),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -473,10 +449,3 @@ def run_train_rm(cfg: RewardModelConfig, output: str | os.PathLike, *, data: str
                                            "test_spearman": rm.test.spearman, "test_pairwise_accuracy": rm.test.pairwise_accuracy})
     return rm
 
-
-def _last_history(result: Any) -> list:
-    try:
-        with result.checkpoint.as_directory() as d:
-            return json.loads((Path(d) / TRAINER_STATE).read_text())["history"]
-    except Exception:  # noqa: BLE001 - the summary is best effort; metrics.json is the contract
-        return []

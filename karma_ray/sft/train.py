@@ -2,12 +2,12 @@
 
     driver                                   each Ray Train worker (TorchTrainer, Train V2)
     ------                                   ----------------------------------------------
-    training_set() -> ids (lineage, steps)   SFTLearner: model + AdamW (+ DDP or DeepSpeed ZeRO)
-    read_parquet(split dirs) -> keep_rows    restore the latest checkpoint, if any
-    TorchTrainer(...).fit()         ---->    val loss before; then per step: grad_accum micro-batches
-    copy the final checkpoint's model/       from this worker's shard -> one optimizer step; report
-    write metrics.json, lineage.json         loss + tokens/s every K steps, checkpoint every N steps;
-                                             val loss after; a final checkpoint
+    training_set() -> ids (lineage, steps)   SFTLearner: model + AdamW (+ DDP or DeepSpeed ZeRO),
+    read_parquet(split dirs) -> keep_rows    this worker's shard, the reply-token loss; then the
+    TorchTrainer(...).fit()         ---->    shared loop (karma_ray/training/loop.py): restore, val
+    copy the final checkpoint's model/       loss before, grad_accum micro-batches a step, report
+    write metrics.json, lineage.json         every K steps, checkpoint every N, val loss after and a
+                                             final checkpoint
 
 Resume: Ray Train V2 restores a run from its storage folder (DIR/ray/sft) when a run of the same name
 is started again; `ray.train.get_checkpoint()` then returns the latest checkpoint in every worker, whose
@@ -21,11 +21,10 @@ import json
 import math
 import os
 import shutil
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field, replace
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -33,7 +32,8 @@ from karma_ray.config import save_resolved, to_dict
 from karma_ray import lineage as lin
 from karma_ray.sft.config import SFTConfig
 from karma_ray.data.corpus import PreparedCorpus
-from karma_ray.training.faults import forwarded_env
+from karma_ray.training.faults import FaultInjector
+from karma_ray.training.loop import LoopPlan, LoopState, StepSums, all_reduce_sum, run_loop, torch_trainer
 from karma_ray.sft.data import ROW_COLUMNS, SFTBatch, SFTDataError, keep_rows, make_batch, reply_nll, split_dirs, training_set, validation_rows
 from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 
@@ -76,59 +76,24 @@ def lr_factor(step: int, warmup_steps: int, total: int, schedule: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Trainer state (persisted in every checkpoint)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainerState:
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # epoch in progress
-    micro_in_epoch: int = 0  # micro-batches of `epoch` consumed (skipped again on resume)
-    examples_seen: int = 0  # all workers
-    tokens_seen: int = 0  # all workers, prompt + reply
-    restarts: int = 0  # times this run was restored from a checkpoint
-    val_before: Optional[dict] = None
-    val_after: Optional[dict] = None
-    history: list = field(default_factory=list)  # one dict per report
-    finished: bool = False
-
-    def write(self, folder: Path) -> None:
-        (folder / TRAINER_STATE).write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def read(cls, folder: Path) -> "TrainerState":
-        return cls(**json.loads((folder / TRAINER_STATE).read_text()))
-
-
-@dataclass
-class StepStats:
-    """Sums over one optimizer step's micro-batches on one worker."""
-
-    nll_sum: float
-    target_tokens: int
-    tokens: int
-    examples: int
-    grad_norm: float
-    lr: float
-
-
-# ---------------------------------------------------------------------------------------------
 # The learner: one data-parallel replica (plain class: runs in a Ray worker or a test process)
 # ---------------------------------------------------------------------------------------------
 
 
 class SFTLearner:
-    """Model + optimizer of one replica: a karma_ray.training.Learner (DDP, or DeepSpeed ZeRO-2/3
-    when deepspeed.zero_stage is 2 or 3) around the HF causal LM, with the reply-token loss."""
+    """One replica's part of the training loop (karma_ray.training.loop.TrainTask): a
+    karma_ray.training.Learner (DDP, or DeepSpeed ZeRO-2/3 when deepspeed.zero_stage is 2 or 3) around
+    the HF causal LM, the reply-token loss, this worker's Ray Data shard and its share of val."""
 
-    def __init__(self, cfg: SFTConfig, total: int, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: SFTConfig, total: int, device: torch.device | str = "cpu", *, shard=None,
+                 val: tuple[list[str], list[str]] = ([], []), rank: int = 0, world: int = 1):
         from karma_ray.models.hf import load_causal_lm, load_tokenizer
         from karma_ray.training.learner import Learner
 
         self.cfg = cfg
         self.total = total
         self.device = torch.device(device)
+        self.shard, self.val, self.rank, self.world = shard, val, rank, world
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         model = load_causal_lm(cfg.model.path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
         if cfg.model.gradient_checkpointing:
@@ -146,6 +111,18 @@ class SFTLearner:
     def batch(self, contexts: Sequence[str], replies: Sequence[str]) -> SFTBatch:
         return make_batch(self.tokenizer, contexts, replies, self.cfg.data)
 
+    def micro_batches(self, epoch: int, skip: int) -> Iterator[SFTBatch]:
+        """This worker's shard, batch_size rows at a time, shuffled per epoch; the first `skip` were
+        consumed before the checkpoint a resumed run starts from."""
+        shuffle = self.cfg.data.shuffle_buffer
+        rows_iter = self.shard.iter_batches(
+            batch_size=self.cfg.train.batch_size, batch_format="numpy", local_shuffle_buffer_size=shuffle or None,
+            local_shuffle_seed=(self.cfg.train.seed * 1_000_003 + epoch * 1009 + self.rank) if shuffle else None,
+        )
+        for i, rows in enumerate(rows_iter):
+            if i >= skip:
+                yield self.batch(list(rows["context"]), list(rows["reply"]))
+
     def _nll(self, model, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of reply-token NLL, reply-token count) of one batch."""
         ids, attn = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
@@ -153,20 +130,21 @@ class SFTLearner:
         nll, mask = reply_nll(logits, SFTBatch(ids, attn, batch.labels.to(self.device)))
         return nll.sum(), mask.sum()
 
-    def train_step(self, micro_batches: Sequence[SFTBatch]) -> StepStats:
+    def train_step(self, micro_batches: Sequence[SFTBatch]) -> StepSums:
         """One optimizer step over `grad_accum` micro-batches; each micro-batch's loss is its
-        token-mean reply NLL, averaged over micro-batches (and over workers by DDP/ZeRO)."""
+        token-mean reply NLL, averaged over micro-batches (and over workers by DDP/ZeRO). The sums
+        are the reply NLL and reply tokens, so a window's loss is the token mean."""
 
         def loss_fn(model, b: SFTBatch):
             nll_sum, count = self._nll(model, b)
             return nll_sum / count.clamp(min=1), (float(nll_sum.detach()), int(count))
 
         step = self.learner.step(micro_batches, loss_fn)
-        return StepStats(
-            nll_sum=sum(nll for nll, _ in step.outputs),
-            target_tokens=sum(count for _, count in step.outputs),
+        return StepSums(
+            loss_sum=sum(nll for nll, _ in step.outputs),
+            loss_count=sum(count for _, count in step.outputs),
+            samples=sum(b.input_ids.shape[0] for b in micro_batches),
             tokens=sum(b.num_tokens for b in micro_batches),
-            examples=sum(b.input_ids.shape[0] for b in micro_batches),
             grad_norm=step.grad_norm,
             lr=step.lr,
         )
@@ -185,6 +163,16 @@ class SFTLearner:
             count_total += int(count)
         model.train(was_training)
         return nll_total, count_total
+
+    def evaluate(self) -> Optional[dict]:
+        """Token-mean reply NLL and perplexity over all workers' equal shares of the validation rows."""
+        contexts, replies = self.val
+        if not contexts:
+            return None
+        nll, count = self.eval_sums(contexts[self.rank :: self.world], replies[self.rank :: self.world])
+        nll, count = all_reduce_sum([nll, float(count)], self.device)
+        loss = nll / max(count, 1.0)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "examples": len(contexts), "tokens": int(count)}
 
     def save(self, folder: Path, writer: bool) -> None:
         """HF weights + tokenizer (writer only) and the optimizer's checkpoint into `folder`; every
@@ -211,32 +199,10 @@ class SFTLearner:
         self.learner.load(folder)  # under DeepSpeed: the module too
 
 
-# ---------------------------------------------------------------------------------------------
-# The per-worker loop
-# ---------------------------------------------------------------------------------------------
-
-
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum over workers (on the learner's device: NCCL reduces GPU tensors only)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
-def _val_metrics(learner: SFTLearner, contexts: list[str], replies: list[str], rank: int, world: int) -> Optional[dict]:
-    """Token-mean reply NLL and perplexity over all workers' equal shares of the validation rows."""
-    if not contexts:
-        return None
-    nll, count = learner.eval_sums(contexts[rank::world], replies[rank::world])
-    nll, count = _all_reduce_sum([nll, float(count)], learner.device)
-    loss = nll / max(count, 1.0)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "examples": len(contexts), "tokens": int(count)}
-
-
 def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: the shared training loop (karma_ray/training/loop.py) on an SFTLearner."""
     import ray.train
-    from ray.train import Checkpoint
+
 
     cfg: SFTConfig = config["cfg"]
     total: int = config["total_steps"]
@@ -250,99 +216,13 @@ def train_loop_per_worker(config: dict) -> None:
         device = ray.train.torch.get_device()
     else:
         device = torch.device("cpu")
-    learner = SFTLearner(cfg, total, device)
-    state = TrainerState()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = TrainerState.read(Path(folder))
-            learner.load(Path(folder))
-        state.restarts += 1
-        state.finished = False
-        if rank == 0:
-            print(f"[sft] resumed from {checkpoint.path} at step {state.step} (epoch {state.epoch})", flush=True)
-    val_contexts, val_replies = config["val_contexts"], config["val_replies"]
-    if state.val_before is None:
-        state.val_before = _val_metrics(learner, val_contexts, val_replies, rank, world)
-        if rank == 0 and state.val_before:
-            print(f"[sft] val loss before {state.val_before['loss']:.4f} (ppl {state.val_before['perplexity']:.1f})", flush=True)
-
-    def report(metrics: dict, with_checkpoint: bool, final: bool = False) -> None:
-        name = f"checkpoint_{state.step:06d}" + (f"_r{state.restarts}" if state.restarts else "") + ("_final" if final else "")
-        if not with_checkpoint:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            learner.save(folder, writer=rank == 0)
-            if rank == 0:
-                state.write(folder)
-            has_files = any(folder.iterdir())
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None, checkpoint_dir_name=name)
-
-    shard = ray.train.get_dataset_shard("train")
-    accum = cfg.train.grad_accum
-    window = [0.0, 0.0, 0.0, 0.0]  # nll_sum, target tokens, tokens, examples since the last report
-    window_start = time.perf_counter()
-    last = None
-    epoch = state.epoch
-    while state.step < total and (cfg.train.max_steps is not None or epoch < cfg.train.epochs):
-        rows_iter = shard.iter_batches(
-            batch_size=cfg.train.batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-            local_shuffle_seed=(cfg.train.seed * 1_000_003 + epoch * 1009 + rank) if cfg.data.shuffle_buffer else None,
-        )
-        pending: list[SFTBatch] = []
-        for micro_index, rows in enumerate(rows_iter):
-            if micro_index < state.micro_in_epoch:  # consumed before the checkpoint this run resumed from
-                continue
-            pending.append(learner.batch(list(rows["context"]), list(rows["reply"])))
-            if len(pending) < accum:
-                continue
-            last = learner.train_step(pending)
-            pending = []
-            state.step += 1
-            state.micro_in_epoch = micro_index + 1
-            for i, v in enumerate((last.nll_sum, last.target_tokens, last.tokens, last.examples)):
-                window[i] += v
-            do_log = state.step % cfg.train.log_every_steps == 0 or state.step == total
-            do_checkpoint = state.step % cfg.train.checkpoint_every_steps == 0 and state.step < total
-            if do_log or do_checkpoint:
-                nll, targets, tokens, examples = _all_reduce_sum(window, learner.device)
-                elapsed = time.perf_counter() - window_start
-                state.examples_seen += int(examples)
-                state.tokens_seen += int(tokens)
-                metrics = {
-                    "step": state.step, "epoch": epoch, "loss": nll / max(targets, 1.0), "lr": last.lr,
-                    "grad_norm": last.grad_norm, "tokens_per_s": tokens / max(elapsed, 1e-9),
-                    "examples_seen": state.examples_seen,
-                }
-                state.history.append(metrics)
-                if rank == 0:
-                    print(
-                        f"[sft] step {state.step}/{total} epoch {epoch} loss {metrics['loss']:.4f} "
-                        f"lr {last.lr:.2e} {metrics['tokens_per_s']:,.0f} tok/s",
-                        flush=True,
-                    )
-                report(metrics, with_checkpoint=do_checkpoint)
-                window = [0.0, 0.0, 0.0, 0.0]
-                window_start = time.perf_counter()
-            if state.step >= total:
-                break
-        if state.step >= total:
-            break
-        epoch += 1
-        state.epoch, state.micro_in_epoch = epoch, 0
-
-    state.val_after = _val_metrics(learner, val_contexts, val_replies, rank, world)
-    state.finished = True
-    final_metrics = {"step": state.step, "epoch": state.epoch, "examples_seen": state.examples_seen}
-    if state.val_after:
-        final_metrics |= {"val_loss": state.val_after["loss"], "val_perplexity": state.val_after["perplexity"]}
-        if rank == 0:
-            print(f"[sft] val loss after {state.val_after['loss']:.4f} (ppl {state.val_after['perplexity']:.1f})", flush=True)
-    report(final_metrics, with_checkpoint=True, final=True)
+    learner = SFTLearner(cfg, total, device, shard=ray.train.get_dataset_shard("train"),
+                         val=(config["val_contexts"], config["val_replies"]), rank=rank, world=world)
+    # with max_steps the epochs run on until the steps are done
+    plan = LoopPlan(stage="sft", epochs=cfg.train.epochs if cfg.train.max_steps is None else sys.maxsize, total_steps=total,
+                    grad_accum=cfg.train.grad_accum, log_every_steps=cfg.train.log_every_steps,
+                    checkpoint_every_steps=cfg.train.checkpoint_every_steps, eval_before=True, eval_after=True)
+    run_loop(learner, plan, rank=rank, device=learner.device, after_step=FaultInjector.from_env(config["output"], rank).after_step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,8 +303,6 @@ def run_sft(cfg: SFTConfig, output: str | os.PathLike, *, data: str | os.PathLik
           f"{len(val_contexts)} validation examples", flush=True)
 
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from karma_ray.ray_utils import init_ray
 
@@ -433,25 +311,12 @@ def run_sft(cfg: SFTConfig, output: str | os.PathLike, *, data: str | os.PathLik
     dataset = ray.data.read_parquet([str(d) for d in train_dirs], columns=ROW_COLUMNS, num_cpus=cfg.data.read_cpus).map_batches(
         keep_rows, batch_format="pyarrow", fn_kwargs={"cfg": cfg.data, "max_id": train_set.max_id}, num_cpus=cfg.data.read_cpus
     )
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **forwarded_env()}
-    if cfg.deepspeed.zero_stage and not cfg.scaling.use_gpu:
-        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on CPU with gloo (STACK.md)
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "total_steps": total, "val_contexts": val_contexts, "val_replies": val_replies},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=RUN_NAME,
-            storage_path=str((out / "ray").resolve()),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            worker_runtime_env={"env_vars": env},
-        ),
-        datasets={"train": dataset},
-    )
+        {"cfg": cfg, "total_steps": total, "val_contexts": val_contexts, "val_replies": val_replies, "output": str(out)},
+        name=RUN_NAME, storage_path=str((out / "ray").resolve()), num_workers=cfg.scaling.num_workers,
+        use_gpu=cfg.scaling.use_gpu, cpus_per_worker=cfg.scaling.cpus_per_worker, max_failures=cfg.train.max_failures,
+        keep_checkpoints=cfg.train.keep_checkpoints, datasets={"train": dataset}, split=("train",))
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("SFT finished without a checkpoint")
@@ -466,7 +331,7 @@ def export(checkpoint, out: Path, prepared_dir: str | os.PathLike, cfg: SFTConfi
     DIR/metrics.json, DIR/lineage.json and the trained-on ids."""
     model_dir = out / MODEL_DIR
     with checkpoint.as_directory() as folder:
-        state = TrainerState.read(Path(folder))
+        state = LoopState.read(Path(folder))
         if model_dir.exists():
             shutil.rmtree(model_dir)
         shutil.copytree(Path(folder) / MODEL_DIR, model_dir)
@@ -476,7 +341,7 @@ def export(checkpoint, out: Path, prepared_dir: str | os.PathLike, cfg: SFTConfi
     base_ref = str(Path(base).resolve()) if Path(base).exists() else base
     stage = lin.data_stage(
         "sft", base_ref, prepared_dir, cfg.data.splits, ids, to_dict(cfg),
-        example_ids_file=str(ids_file.resolve()), steps=state.step, examples_seen=state.examples_seen,
+        example_ids_file=str(ids_file.resolve()), steps=state.step, examples_seen=state.samples_seen,
         filters={"min_score": cfg.data.min_score, "min_sibling_percentile": cfg.data.min_sibling_percentile,
                  "max_examples": cfg.data.max_examples},
     )
@@ -484,7 +349,7 @@ def export(checkpoint, out: Path, prepared_dir: str | os.PathLike, cfg: SFTConfi
     lin.write_lineage(lineage, model_dir)
     lin.write_lineage(lineage, out)
     metrics = {
-        "steps": state.step, "epochs_started": state.epoch + 1, "examples_seen": state.examples_seen,
+        "steps": state.step, "epochs_started": state.epoch + (1 if state.micro_in_epoch else 0), "examples_seen": state.samples_seen,
         "tokens_seen": state.tokens_seen, "num_train_examples": len(ids), "restarts": state.restarts,
         "val_before": state.val_before, "val_after": state.val_after, "train_curve": state.history,
     }

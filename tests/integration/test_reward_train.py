@@ -37,7 +37,7 @@ def test_two_workers_train_text_meta_with_both_losses(ray_cluster, prepared_synt
     assert summary["epochs_run"] == 2 and summary["exported_epoch"] == 2
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
     # 1200 examples over 2 workers at batch 32 = 19 steps per worker per epoch
-    assert summary["history"][-1]["global_step"] == 2 * 19
+    assert summary["history"][-1]["step"] == 2 * 19
     assert sorted(p.name for p in (out / "ray" / "train_rm").glob("epoch_*")) == ["epoch_0001", "epoch_0002"]
     assert (out / "config.yaml").exists()
     scorer = RewardScorer.from_pretrained(out)
@@ -54,7 +54,7 @@ def test_resume_continues_from_the_checkpointed_epoch(ray_cluster, prepared_synt
     _, second = train(prepared_synthetic, out, *common, "train.epochs=3", resume=True)
     assert second["resumed_from_epoch"] == 1 and second["epochs_run"] == 3
     # the step counter carries on from the checkpoint: 600 / 32 -> 19 steps per epoch
-    assert [h["global_step"] for h in second["history"]] == [19, 38, 57]
+    assert [h["step"] for h in second["history"]] == [19, 38, 57]
 
 
 def test_a_killed_worker_is_recovered_from_the_last_checkpoint(ray_cluster, prepared_synthetic, tmp_path, monkeypatch):
@@ -71,6 +71,6 @@ def test_a_killed_worker_is_recovered_from_the_last_checkpoint(ray_cluster, prep
     assert "killed rank 1 after step 25" in (out / faults.MARKER).read_text()  # the worker did die
     assert summary["epochs_run"] == 3 and summary["resumed_from_epoch"] in (1, 2)  # restarted from a checkpoint
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
-    assert summary["history"][-1]["global_step"] == 30  # no step lost or repeated in the record
+    assert summary["history"][-1]["step"] == 30  # no step lost or repeated in the record
     # the planted context x reply signal survives the kill and resume (a random model scores ~0)
     assert metrics["test"]["spearman"] > 0.05

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig
+from karma_ray.training.config import DeepSpeedConfig
 
 pytestmark = pytest.mark.ray
 
-TRAINER = TrainerConfig(num_workers=2, zero_stage=2, micro_batch_size=1, lr=1e-2, weight_decay=0.1, grad_clip=0.0)
+TRAINER = TrainerConfig(num_workers=2, deepspeed=DeepSpeedConfig(zero_stage=2), micro_batch_size=1, lr=1e-2, weight_decay=0.1, grad_clip=0.0)
 ALGO = AlgoConfig(minibatch_size=4, entropy_coef=0.01, kl_placement="loss", kl_coef=0.1, loss_agg="seq-mean-token-sum")
 
 

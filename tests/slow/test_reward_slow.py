@@ -21,7 +21,7 @@ def test_deepspeed_zero2_trains_a_tiny_llama_reward_model(ray_cluster, prepared_
             "train.select_checkpoint=last", "ray.progress_bars=false"]
     assert train_rm_main(argv) == 0
     summary = json.loads((out / "train_summary.json").read_text())
-    losses = [h["train_loss"] for h in summary["history"]]
+    losses = [h["loss"] for h in summary["history"]]
     assert len(losses) == 2 and all(loss == loss for loss in losses)  # finite, not NaN
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["n"] > 0
@@ -93,7 +93,7 @@ def test_deepspeed_resume_keeps_the_optimizer_state(ray_cluster, prepared_synthe
     monkeypatch.setenv(faults.ENV, "25")
     assert train_rm_main(argv) == 0
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["resumed_from_epoch"] in (1, 2) and [h["global_step"] for h in summary["history"]] == [10, 20, 30]
+    assert summary["resumed_from_epoch"] in (1, 2) and [h["step"] for h in summary["history"]] == [10, 20, 30]
     checkpoints = sorted(out.glob("ray/**/epoch_000*"))
     assert [c.name for c in checkpoints] == ["epoch_0001", "epoch_0002", "epoch_0003"]
     for c in checkpoints:

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig
+from karma_ray.training.config import DeepSpeedConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-TRAINER = TrainerConfig(num_workers=2, zero_stage=3, micro_batch_size=2, lr=1e-3, grad_clip=1.0)
+TRAINER = TrainerConfig(num_workers=2, deepspeed=DeepSpeedConfig(zero_stage=3), micro_batch_size=2, lr=1e-3, grad_clip=1.0)
 # lr 1e-3, not 1e-2: Adam divides by sqrt(v), so on elements with near-zero gradients the reduction-order
 # noise of the reduce-scatter (~1e-7) becomes a visible update difference at large lr (1e-5 at 1e-2).
 ALGO = AlgoConfig(minibatch_size=4, ppo_epochs=2, kl_placement="none")

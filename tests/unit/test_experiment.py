@@ -196,6 +196,15 @@ def test_report_answers_the_questions_from_the_stage_files(tmp_path):
     assert "largest change text-exposure-s0" in said[1]  # karma reward: text's policies gained most
     assert "CI wholly below 0 in 6 of 6 policies" in said[2]  # truthfulqa fell everywhere in the fixture
     assert "Failed cells (errors in the PPO table): constant-base-s0." in said
+    # the fixture's gold is half the proxy gain, CIs +-0.02: the 4 text/text_meta policies rose in both
+    assert ("Proxy vs gold: of the 4 policies whose karma reward rose (CI above 0), 4 also rose in gold quality, "
+            "0 fell in it (reward hacking) and 0 show no clear gold change.") in said
+    gold = next(r for r in results["downstream"]["text-base-s0"] if r["metric"] == "gold_quality")
+    gold.update(delta=-0.2, ci_low=-0.25, ci_high=-0.15)
+    hacked = [line for line in findings(results) if line.startswith("Proxy vs gold")][0]
+    assert "3 also rose in gold quality, 1 fell in it (reward hacking)" in hacked
+    assert hacked.endswith("Largest fall: text-base-s0, reward +0.300 [+0.280, +0.320] p=0.020*, gold -0.200 [-0.250, -0.150] p=0.020*.")
+    gold.update(delta=0.15, ci_low=0.13, ci_high=0.17)
     html, md = write_report(results, p.output)
     text = md.read_text()
     assert "| text-exposure-s0 | 0.620 | +0.300 [+0.280, +0.320] p=0.020* |" in text

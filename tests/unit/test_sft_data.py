@@ -128,9 +128,9 @@ def test_learner_steps_lower_the_loss_and_a_checkpoint_restores_it(tiny_model, t
     for _ in range(8):
         stats = learner.train_step([learner.batch(contexts, replies)])
     after = learner.eval_sums(contexts, replies)
-    assert before[1] == after[1] == stats.target_tokens  # the same reply tokens are counted
+    assert before[1] == after[1] == stats.loss_count  # the same reply tokens are counted
     assert after[0] / after[1] < before[0] / before[1] - 0.5  # mean reply NLL fell
-    assert stats.examples == 4 and stats.tokens > stats.target_tokens
+    assert stats.samples == 4 and stats.tokens > stats.loss_count
 
     learner.save(tmp_path, writer=True)
     restored = SFTLearner(cfg, total=20)

@@ -13,6 +13,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 pytest.importorskip("deepspeed")
 
 from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig  # noqa: E402
+from karma_ray.training.config import DeepSpeedConfig  # noqa: E402
 from karma_ray.rlhf.workers.distributed import free_port  # noqa: E402
 from karma_ray.rlhf.workers.policy import PolicyWorker  # noqa: E402
 
@@ -33,7 +34,7 @@ def weights(worker: PolicyWorker) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("zero_stage", [2, 0])
 def test_train_step_equals_a_plain_torch_update(workers_tiny_llama, workers_experience, workers_plain_ppo_update, zero_stage):
     exp = workers_experience(8, seed=0)
-    worker = policy(workers_tiny_llama, dataclasses.replace(TRAINER, zero_stage=zero_stage), seed=3)
+    worker = policy(workers_tiny_llama, dataclasses.replace(TRAINER, deepspeed=DeepSpeedConfig(zero_stage=zero_stage)), seed=3)
     stats = worker.train_step(exp)
     expected, losses, norms = workers_plain_ppo_update(workers_tiny_llama, exp, TRAINER, ALGO, seed=3)
     got = weights(worker)
@@ -107,7 +108,7 @@ def test_weight_buckets_are_exactly_what_save_hf_writes(workers_tiny_llama, tmp_
 @pytest.mark.parametrize("zero_stage", [2, 0])
 def test_checkpoint_resume_continues_exactly(workers_tiny_llama, workers_experience, tmp_path, zero_stage):
     batches = [workers_experience(8, seed=s) for s in (10, 11, 12)]
-    trainer = dataclasses.replace(TRAINER, zero_stage=zero_stage)
+    trainer = dataclasses.replace(TRAINER, deepspeed=DeepSpeedConfig(zero_stage=zero_stage))
     first = policy(workers_tiny_llama, trainer, seed=7)
     for exp in batches[:2]:
         first.train_step(exp)

@@ -154,7 +154,8 @@ def build_engine(module: torch.nn.Module, trainer, minibatch_size: int, world_si
     rows, micro_steps = micro_plan(minibatch_size, world_size, trainer.micro_batch_size)
     optimizer = torch.optim.AdamW(optimizer_param_groups(module, trainer.weight_decay), lr=trainer.lr)
     config = deepspeed_json(
-        trainer.zero_stage, min(trainer.micro_batch_size, rows), micro_steps, trainer.grad_clip, dtype, world_size=world_size
+        trainer.deepspeed.zero_stage, min(trainer.micro_batch_size, rows), micro_steps, trainer.grad_clip, dtype,
+        world_size=world_size, offload_optimizer=trainer.deepspeed.offload_optimizer,
     )
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
     return engine
