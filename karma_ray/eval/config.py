@@ -112,6 +112,10 @@ class StatsConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     seed: int = option(0, "Seed of the item subsets, few-shot draws, sampling and resampling (recorded in results.json).")
+    reuse_identical: bool = option(
+        True, "Score a model whose tensors, config and tokenizer equal an earlier model's once, and give it that "
+        "model's item scores (every seed is per item, so a second scoring would repeat them exactly): e.g. a control "
+        "policy that never moved. Recorded in results.json and the report.")
     tasks: EvalTasksConfig = section(EvalTasksConfig, "Which tasks, on how many items.")
     scoring: ScoringConfig = section(ScoringConfig, "Log-likelihood scoring of multiple-choice tasks (lm-evaluation-harness).")
     generation: RolloutConfig = section(RolloutConfig, "Rollout engines of the generation tasks (toxicity, karma).")

@@ -336,6 +336,23 @@ def task_rows(data: list[TaskData], extra_skipped: dict[str, dict[str, int]], sy
     return rows
 
 
+def identical_models(refs: Sequence[ModelRef]) -> dict[str, str]:
+    """{model: the first earlier model with the same weights_digest} (local folders only)."""
+    from karma_ray.models.hf import weights_digest
+
+    first: dict[str, str] = {}
+    twins: dict[str, str] = {}
+    for ref in refs:
+        digest = weights_digest(ref.resolved or ref.path)
+        if digest is None:
+            continue
+        if digest in first:
+            twins[ref.name] = first[digest]
+        else:
+            first[digest] = ref.name
+    return twins
+
+
 def answer_warnings(models: list[ModelRef], tasks: list[dict], scores: dict) -> list[str]:
     """A model that picks the same answer on every item of a task measures the label balance of the
     subset, not the behaviour (small models often answer " No" or " (A)" to everything)."""
@@ -426,7 +443,14 @@ def run_eval(cfg: EvalConfig, output: str | os.PathLike, *, models: Sequence[str
     if kinds & {"toxicity", "karma"}:
         judge = ray.remote(Judge).options(num_cpus=0).remote(
             cfg.toxicity.classifier if "toxicity" in kinds else None, cfg.karma.reward_model if "karma" in kinds else None)
+    twins = identical_models(refs) if cfg.reuse_identical else {}
     for ref in refs:
+        twin = twins.get(ref.name)
+        if twin is not None and not any(f["model"] == twin for f in failures):
+            say(f"{ref.name}: the same tensors, config and tokenizer as {twin}: its item scores reused")
+            scores[ref.name] = scores[twin]
+            continue
+        twins.pop(ref.name, None)  # scored after all: its twin had a failure
         scores[ref.name], skipped = _score_model(ref, data, cfg, judge, synthetic, failures)
         for task, counts in skipped.items():
             for reason, n in counts.items():  # the largest count over models (each model's replies differ)
@@ -439,9 +463,11 @@ def run_eval(cfg: EvalConfig, output: str | os.PathLike, *, models: Sequence[str
     payload = {
         "karma_eval": 1, "seed": cfg.seed, "confidence": cfg.stats.confidence, "n_resamples": cfg.stats.n_resamples,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "models": [{"name": r.name, "path": r.path, "resolved": r.resolved} for r in refs], "baseline": refs[0].name if len(refs) > 1 else None,
+        "models": [{"name": r.name, "path": r.path, "resolved": r.resolved, "same_weights_as": twins.get(r.name)} for r in refs],
+        "baseline": refs[0].name if len(refs) > 1 else None,
         "tasks": tasks, "results": results, "comparisons": comparisons, "failures": failures,
-        "warnings": answer_warnings(refs, tasks, scores),
+        "warnings": [f"{m} has the same weights as {t}: scored once, so every difference between the two is 0 by construction."
+                     for m, t in twins.items()] + answer_warnings(refs, tasks, scores),
         "items_path": ITEMS_FILE, "wall_s": None,
     }
     rows = [{"model": m, "task": t, "metric": k, "item_id": i.item_id, "value": i.value, "answer": i.answer}  # 5 write

@@ -75,3 +75,44 @@ def load_toxicity_classifier(path: str):
     from karma_ray.models.toxicity import ToxicityClassifier
 
     return ToxicityClassifier.from_pretrained(resolve_model(path))
+
+
+# What decides a model's outputs: its tensors, its architecture and its tokenizer. Not lineage, not
+# the transformers version that wrote the folder, not where it was loaded from.
+_CONFIG_IGNORED = ("_name_or_path", "transformers_version")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                    "tokenizer.model", "chat_template.jinja", "generation_config.json")
+
+
+def weights_digest(folder: str | os.PathLike) -> Optional[str]:
+    """sha256 over a local HF folder's tensors (name, dtype, shape, bytes), its config (less the keys
+    above) and its tokenizer files; None for anything that is not a local folder with safetensors.
+    Two folders with one digest compute the same function: an evaluation can score one for both."""
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(resolve_model(str(folder)))
+    shards = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not shards or not (path / "config.json").is_file():
+        return None
+    import torch
+
+    h = hashlib.sha256()
+    config = {k: v for k, v in json.loads((path / "config.json").read_text()).items() if k not in _CONFIG_IGNORED}
+    h.update(json.dumps(config, sort_keys=True).encode())
+    per_tensor: dict[str, str] = {}
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():
+                t = f.get_tensor(name).contiguous().reshape(-1)
+                head = f"{t.dtype}|{tuple(f.get_slice(name).get_shape())}|".encode()
+                per_tensor[name] = hashlib.sha256(head + t.view(torch.uint8).numpy().tobytes()).hexdigest()
+    for name in sorted(per_tensor):  # the order of names in a file is the writer's, not the model's
+        h.update(f"{name}={per_tensor[name]};".encode())
+    for name in _TOKENIZER_FILES:
+        if (path / name).is_file():
+            h.update(name.encode() + b"|" + (path / name).read_bytes())
+    return h.hexdigest()
+

@@ -50,6 +50,7 @@ def test_eval_of_identical_copies_is_identical_and_counts_add_up(ray_cluster, tw
         "scoring.requests_per_call=16", "generation.engine=hf", "generation.cpus_per_engine=0.5", "generation.max_model_len=512",
         "toxicity.samples_per_prompt=3", "toxicity.max_new_tokens=8", f"karma.corpus={prepared_synthetic}",
         f"karma.reward_model={rm}", "karma.max_new_tokens=12", "stats.n_resamples=500",
+        "reuse_identical=false",  # score the copy too: the point here is that two scorings agree
     ])
     a, b = two_copies
     result = run_eval(cfg, tmp_path / "eval", models=[f"a={a}", f"b={b}"])
@@ -79,3 +80,17 @@ def test_eval_of_identical_copies_is_identical_and_counts_add_up(ray_cluster, tw
     html = result.report_html.read_text()
     assert "truthfulqa_mc2" in html and "gold_quality" in html and ">b<" in html.replace(" ", "")
     assert (tmp_path / "eval" / "karma_stage.json").exists() and (tmp_path / "eval" / "config.yaml").exists()
+
+
+@pytest.mark.skipif(not EVAL_DATA.exists(), reason=f"shared data not found: {EVAL_DATA}")
+def test_an_identical_copy_is_scored_once_and_said_so(ray_cluster, two_copies, tmp_path):
+    from karma_ray.eval.run import run_eval
+
+    cfg = load_config(EvalConfig, None, [f"tasks.data_root={EVAL_DATA}", "tasks.names=[humor]", "tasks.limit=8",
+                                         "scoring.cpus_per_replica=0.5", "stats.n_resamples=200"])
+    a, b = two_copies
+    res = run_eval(cfg, tmp_path / "eval", models=[f"a={a}", f"b={b}"]).results
+    assert [m["same_weights_as"] for m in res["models"]] == [None, "a"]
+    assert any(w.startswith("b has the same weights as a") for w in res["warnings"])
+    (comparison,) = res["comparisons"]
+    assert comparison["delta"] == 0 and comparison["n"] == 8

@@ -82,3 +82,42 @@ def test_subsets_are_seeded_the_same_for_every_model_and_counts_add_up(model_dir
     _, other_seed = check_inputs(load_config(EvalConfig, None, [f"tasks.data_root={EVAL_DATA}", "seed=1",
                                                                 "tasks.names=[humor]", "tasks.limit=30"]), tmp_path / "o", [str(model_dir)], False)
     assert [d["id"] for d in other_seed[0].docs] != [d["id"] for d in data[0].docs]
+
+
+def test_weights_digest_sees_tensors_config_and_tokenizer_not_lineage(model_dir, tmp_path):
+    """A copy with other lineage and key order is the same model; one changed weight, a changed config
+    value or tokenizer is not (these decide whether an evaluation may score a model once for two)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from karma_ray.eval.run import ModelRef, identical_models
+    from karma_ray.models.hf import weights_digest
+
+    copy = Path(shutil.copytree(model_dir, tmp_path / "copy"))
+    (copy / "lineage.json").write_text('{"stages": ["sft"]}')
+    state = load_file(str(copy / "model.safetensors"))
+    save_file(dict(reversed(list(state.items()))), str(copy / "model.safetensors"))  # another key order in the file
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "_name_or_path": "elsewhere"}))
+    assert weights_digest(copy) == weights_digest(model_dir) is not None
+
+    moved = Path(shutil.copytree(model_dir, tmp_path / "moved"))
+    name = sorted(state)[0]
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] += 1e-6  # the smallest change a policy update could make
+    save_file(state, str(moved / "model.safetensors"))
+    assert weights_digest(moved) != weights_digest(model_dir)
+
+    other_config = Path(shutil.copytree(model_dir, tmp_path / "other_config"))
+    (other_config / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-3}))
+    assert weights_digest(other_config) != weights_digest(model_dir)
+    other_tok = Path(shutil.copytree(model_dir, tmp_path / "other_tok"))
+    (other_tok / "tokenizer.json").write_text((other_tok / "tokenizer.json").read_text().replace('"a"', '"z"', 1))
+    assert weights_digest(other_tok) != weights_digest(model_dir)
+    assert weights_digest("HuggingFaceTB/SmolLM2-135M") is None  # a hub id: nothing to read, never a twin
+
+    refs = [ModelRef("base", str(model_dir)), ModelRef("moved", str(moved)), ModelRef("copy", str(copy)),
+            ModelRef("hub", "HuggingFaceTB/SmolLM2-135M"), ModelRef("copy2", str(copy))]
+    assert identical_models(refs) == {"copy": "base", "copy2": "base"}
