@@ -401,8 +401,10 @@ def tables(results: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
     st = results["stages"]
     out.append(("Stages", f"{len(st['ran'])} run by this call, {len(st['skipped'])} skipped as finished with the same config.",
                 ["stage", "this call", "wall s"],
-                [[k, "ran", str(st["wall_s"].get(k, st["wall_s"].get("ppo", "")) if k.startswith("ppo/") else st["wall_s"].get(k, ""))]
-                 for k in st["ran"]] + [[k, "skipped (finished)", ""] for k in st["skipped"]]))
+                # the cells run together on Ray Tune: the matrix has one wall time, not one per cell
+                [[k, "ran", "in the matrix" if k.startswith("ppo/") else str(st["wall_s"].get(k, ""))] for k in st["ran"]]
+                + ([["ppo matrix (the cells run by this call)", "ran", str(st["wall_s"]["ppo"])]] if "ppo" in st["wall_s"] else [])
+                + [[k, "skipped (finished)", ""] for k in st["skipped"]]))
     return out
 
 
@@ -474,7 +476,8 @@ def proxy_vs_gold(results: dict) -> str | None:
         return f"Proxy vs gold: no policy's karma reward rose (CI above 0) in {len(pairs)}; gold quality has nothing to follow."
     up = [n for n, _, g in rose if g["ci_low"] is not None and g["ci_low"] > 0]
     down = [(n, r, g) for n, r, g in rose if g["ci_high"] is not None and g["ci_high"] < 0]
-    line = (f"Proxy vs gold: of the {len(rose)} policies whose karma reward rose (CI above 0), {len(up)} also rose in gold quality, "
+    whose = "the policy whose karma reward rose" if len(rose) == 1 else f"the {len(rose)} policies whose karma reward rose"
+    line = (f"Proxy vs gold: of {whose} (CI above 0), {len(up)} also rose in gold quality, "
             f"{len(down)} fell in it (reward hacking) and {len(rose) - len(up) - len(down)} show no clear gold change.")
     if down:
         n, r, g = min(down, key=lambda nrg: nrg[2]["delta"])

@@ -105,6 +105,10 @@ def ray_datasets(data: str | os.PathLike, cfg: RewardModelConfig, materialize: b
             side = side_metadata_table(data, "train", metadata_columns(cfg))
             pairs = pairs.map_batches(attach_side_metadata, batch_format="pyarrow", fn_kwargs={"side_table": side})
         datasets["train_pairs"] = pairs
+    # Read order kept (it is the files' order): `limit` takes the same first rows and every worker the
+    # same rows on every run (training/loop.py: fixed_shards).
+    for ds in datasets.values():
+        ds.context.execution_options.preserve_order = True
     # Materialized on the driver, BEFORE the workers take their CPUs: when the workers hold every CPU
     # (2 workers x 1 CPU on 2 cores), a lazy read inside the trainer waits forever for a CPU (measured: a
     # hang in the SplitCoordinator). Workers read their shards once anyway, so nothing streams later.

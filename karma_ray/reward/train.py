@@ -39,7 +39,7 @@ from karma_ray.reward.inputs import build_inputs, rm_text
 from karma_ray.reward.model import METADATA_FILE, RewardModelMeta
 from karma_ray.training.faults import FaultInjector
 from karma_ray.training.learner import OPTIMIZER_FILE
-from karma_ray.training.loop import TRAINER_STATE, LoopPlan, LoopState, StepSums, run_loop, torch_trainer
+from karma_ray.training.loop import TRAINER_STATE, LoopPlan, LoopState, StepSums, run_loop, torch_trainer, worker_shard
 from karma_ray.stage import begin_stage, claim_output, config_digest, finish_stage
 
 RUN_NAME = "train_rm"
@@ -321,9 +321,9 @@ def train_loop_per_worker(config: dict) -> None:
     is_control = meta.variant in CONTROL_VARIANTS
     if cfg.deepspeed.enabled:
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
-    pair_iter = ray.train.get_dataset_shard("train_pairs") if cfg.loss.pairwise_on and not is_control else None
+    pair_iter = worker_shard("train_pairs") if cfg.loss.pairwise_on and not is_control else None
     task = RewardTask(cfg, meta, rank=rank, world=world, device=device,
-                      train_cols=collect_shard(ray.train.get_dataset_shard("train")),
+                      train_cols=collect_shard(worker_shard("train")),
                       val_cols=collect_shard(ray.train.get_dataset_shard("val")),
                       pair_cols=collect_shard(pair_iter) if pair_iter is not None else {},
                       val_pairs=config.get("val_pairs", []))

@@ -33,7 +33,7 @@ from karma_ray import lineage as lin
 from karma_ray.sft.config import SFTConfig
 from karma_ray.data.corpus import PreparedCorpus
 from karma_ray.training.faults import FaultInjector
-from karma_ray.training.loop import LoopPlan, LoopState, StepSums, all_reduce_sum, run_loop, torch_trainer
+from karma_ray.training.loop import LoopPlan, LoopState, StepSums, all_reduce_sum, run_loop, torch_trainer, worker_shard
 from karma_ray.sft.data import ROW_COLUMNS, SFTBatch, SFTDataError, keep_rows, make_batch, reply_nll, split_dirs, training_set, validation_rows
 from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 
@@ -216,7 +216,7 @@ def train_loop_per_worker(config: dict) -> None:
         device = ray.train.torch.get_device()
     else:
         device = torch.device("cpu")
-    learner = SFTLearner(cfg, total, device, shard=ray.train.get_dataset_shard("train"),
+    learner = SFTLearner(cfg, total, device, shard=worker_shard("train"),
                          val=(config["val_contexts"], config["val_replies"]), rank=rank, world=world)
     # with max_steps the epochs run on until the steps are done
     plan = LoopPlan(stage="sft", epochs=cfg.train.epochs if cfg.train.max_steps is None else sys.maxsize, total_steps=total,

@@ -289,11 +289,38 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false", **forwarded_env()}
 
 
+def fixed_shards(datasets: dict, split: Sequence[str], num_workers: int) -> dict:
+    """Each dataset named in `split` cut into `num_workers` fixed shards, `NAME@RANK`, of equal row
+    counts (the remainder dropped); the others as they are, read whole by every worker.
+
+    Why not Ray Train's own split: its `streaming_split` hands blocks to whichever worker asks first,
+    so which rows a rank trains on changed from run to run (and a resumed run's skipped micro-batches
+    were not the ones it had trained on). Here the rows are materialized in their read order and
+    split by position: the same config gives every rank the same rows in the same order."""
+    out = {}
+    for name, ds in datasets.items():
+        if name not in split:
+            out[name] = ds
+            continue
+        ds.context.execution_options.preserve_order = True
+        for rank, part in enumerate(ds.split(num_workers, equal=True)):
+            out[f"{name}@{rank}"] = part
+    return out
+
+
+def worker_shard(name: str) -> Any:
+    """This Ray Train worker's fixed shard of a dataset that `torch_trainer` split (a DataIterator)."""
+    import ray.train
+
+    return ray.train.get_dataset_shard(f"{name}@{ray.train.get_context().get_world_rank()}")
+
+
 def torch_trainer(loop_per_worker: Callable[[dict], None], loop_config: dict, *, name: str, storage_path: str,
                   num_workers: int, use_gpu: bool, cpus_per_worker: float, max_failures: int, keep_checkpoints: int,
                   datasets: dict, split: Sequence[str], callbacks: Optional[list] = None) -> Any:
-    """The TorchTrainer of a training stage (gloo on CPU, NCCL on GPU; the datasets in `split` are
-    sharded over the workers, the others read whole by each)."""
+    """The TorchTrainer of a training stage (gloo on CPU, NCCL on GPU). The datasets named in `split`
+    are cut into fixed per-rank shards (`fixed_shards`; a worker reads its own with `worker_shard`),
+    the others are read whole by each worker."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -303,8 +330,8 @@ def torch_trainer(loop_per_worker: Callable[[dict], None], loop_config: dict, *,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=[d for d in split if d in datasets]),
+        datasets=fixed_shards(datasets, split, num_workers),
+        dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=max_failures),
