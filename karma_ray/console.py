@@ -2,7 +2,8 @@
 
 Ray's own output goes to files: workers' stdout/stderr stay in the session's log folder (Ray's
 `log_to_driver` off) and the driver's `ray` loggers write to OUTPUT/logs/ray_driver.log. A stage
-running on Ray Tune drives its bar from a Tune callback (`TuneProgress`), one tick per finished trial.
+running on Ray Tune drives its bar from a Tune callback (`TuneProgress`), one tick per finished trial;
+a Ray Train stage from the step count its rank 0 writes to a file (`follow_steps`).
 
     quiet_ray(output / "logs")           # before ray.init
     with stage_bar("6 ppo", total=6, unit="cell") as bar:
@@ -63,6 +64,43 @@ def stage_bar(desc: str, total: int, unit: str = "it") -> Iterator[Any]:
         yield bar
     finally:
         bar.close()
+
+
+def _written_step(path: Path) -> int:
+    """The step count in `path`; 0 while it is absent or half-written."""
+    try:
+        return int(Path(path).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+@contextlib.contextmanager
+def follow_steps(path: Path, total: int, desc: str, poll_s: float = 0.5) -> Iterator[Any]:
+    """A bar of `total` steps that follows the step count a training loop writes to `path` (its
+    workers' stdout goes to Ray's log files, so the driver reads the count from disk), until the
+    block ends; then it shows the last count written."""
+    import threading
+
+    done = threading.Event()
+    with stage_bar(desc, total, unit="step") as bar:
+
+        def catch_up() -> None:
+            step = min(_written_step(path), total)
+            if step > bar.n:
+                bar.update(step - bar.n)
+
+        def follow() -> None:
+            while not done.wait(poll_s):
+                catch_up()
+
+        thread = threading.Thread(target=follow, name=f"{desc}-progress", daemon=True)
+        thread.start()
+        try:
+            yield bar
+        finally:
+            done.set()
+            thread.join()
+            catch_up()
 
 
 def tune_progress(bar: Any) -> Any:

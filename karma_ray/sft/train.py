@@ -38,8 +38,8 @@ from karma_ray.sft.data import ROW_COLUMNS, SFTBatch, SFTDataError, keep_rows, m
 from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 
 MODEL_DIR = "model"  # inside a checkpoint and inside the run folder: a plain Hugging Face folder
-TRAINER_STATE = "trainer_state.json"
 RUN_NAME = "sft"
+PROGRESS_FILE = "progress.txt"  # the step count rank 0 writes for the console's bar
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +221,8 @@ def train_loop_per_worker(config: dict) -> None:
     # with max_steps the epochs run on until the steps are done
     plan = LoopPlan(stage="sft", epochs=cfg.train.epochs if cfg.train.max_steps is None else sys.maxsize, total_steps=total,
                     grad_accum=cfg.train.grad_accum, log_every_steps=cfg.train.log_every_steps,
-                    checkpoint_every_steps=cfg.train.checkpoint_every_steps, eval_before=True, eval_after=True)
+                    checkpoint_every_steps=cfg.train.checkpoint_every_steps, eval_before=True, eval_after=True,
+                    progress_file=str(Path(config["output"]) / PROGRESS_FILE))
     run_loop(learner, plan, rank=rank, device=learner.device, after_step=FaultInjector.from_env(config["output"], rank).after_step)
 
 
@@ -317,7 +318,10 @@ def run_sft(cfg: SFTConfig, output: str | os.PathLike, *, data: str | os.PathLik
         name=RUN_NAME, storage_path=str((out / "ray").resolve()), num_workers=cfg.scaling.num_workers,
         use_gpu=cfg.scaling.use_gpu, cpus_per_worker=cfg.scaling.cpus_per_worker, max_failures=cfg.train.max_failures,
         keep_checkpoints=cfg.train.keep_checkpoints, datasets={"train": dataset}, split=("train",))
-    result = trainer.fit()
+    from karma_ray.console import follow_steps
+
+    with follow_steps(out / PROGRESS_FILE, total, "sft"):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("SFT finished without a checkpoint")
     exported = export(result.checkpoint, out, prepared_dir, cfg, train_set.ids)

@@ -16,7 +16,8 @@ often); the loop owns everything else, the same way for both:
 Every report has the same keys: step, epoch (1-based, of the step), loss, lr, grad_norm, samples_per_s,
 tokens_per_s, samples_seen, and `val_<metric>` when it evaluated. Sums are all-reduced over workers,
 so every number is the whole run's, not rank 0's. Every rank takes part in every evaluation and save
-(ZeRO-3 gathers; each DeepSpeed rank writes its own optimizer partition).
+(ZeRO-3 gathers; each DeepSpeed rank writes its own optimizer partition). Each rank reads a fixed
+shard of the data (`fixed_shards`), so a run and its resumption see the same rows in the same order.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class LoopPlan:
     eval_before: bool = False
     eval_every_epoch: bool = False
     eval_after: bool = False
+    progress_file: Optional[str] = None  # rank 0 writes the step count here after every step (console.follow_steps)
 
 
 @dataclass
@@ -250,6 +252,8 @@ def run_loop(task: TrainTask, plan: LoopPlan, *, rank: int, device: Any = "cpu",
             window.add(task.train_step(pending))
             pending = []
             state.step += 1
+            if plan.progress_file and rank == 0:
+                Path(plan.progress_file).write_text(f"{state.step}\n")
             after_step(state.step)
             if done():
                 break

@@ -40,3 +40,24 @@ def test_quiet_ray_moves_console_handlers_to_the_file(tmp_path):
     assert quiet_ray(tmp_path) == path  # idempotent: still one handler, one line per record
     logging.getLogger("ray").warning("again")
     assert path.read_text().count("again") == 1
+
+
+def test_follow_steps_ticks_to_the_count_the_loop_writes(tmp_path):
+    import time
+
+    from karma_ray.console import follow_steps
+
+    progress = tmp_path / "progress.txt"
+    with follow_steps(progress, total=10, desc="sft", poll_s=0.01) as bar:
+        time.sleep(0.05)
+        assert bar.n == 0  # no file yet: no progress, no error
+        progress.write_text("4\n")
+        deadline = time.monotonic() + 5
+        while bar.n < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert bar.n == 4
+        progress.write_text("")  # caught mid-write: still 4
+        time.sleep(0.05)
+        assert bar.n == 4
+        progress.write_text("12\n")  # more than the total (a resumed run's count): capped
+    assert bar.n == 10
