@@ -478,7 +478,7 @@ def proxy_vs_gold(results: dict) -> str | None:
     down = [(n, r, g) for n, r, g in rose if g["ci_high"] is not None and g["ci_high"] < 0]
     whose = "the policy whose karma reward rose" if len(rose) == 1 else f"the {len(rose)} policies whose karma reward rose"
     line = (f"Proxy vs gold: of {whose} (CI above 0), {len(up)} also rose in gold quality, "
-            f"{len(down)} fell in it (reward hacking) and {len(rose) - len(up) - len(down)} show no clear gold change.")
+            f"{len(down)} fell in it (reward hacking), and in {len(rose) - len(up) - len(down)} the gold change is not clear.")
     if down:
         n, r, g = min(down, key=lambda nrg: nrg[2]["delta"])
         line += f" Largest fall: {n}, reward {_cell_delta(r)}, gold {_cell_delta(g)}."

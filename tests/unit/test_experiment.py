@@ -198,7 +198,7 @@ def test_report_answers_the_questions_from_the_stage_files(tmp_path):
     assert "Failed cells (errors in the PPO table): constant-base-s0." in said
     # the fixture's gold is half the proxy gain, CIs +-0.02: the 4 text/text_meta policies rose in both
     assert ("Proxy vs gold: of the 4 policies whose karma reward rose (CI above 0), 4 also rose in gold quality, "
-            "0 fell in it (reward hacking) and 0 show no clear gold change.") in said
+            "0 fell in it (reward hacking), and in 0 the gold change is not clear.") in said
     gold = next(r for r in results["downstream"]["text-base-s0"] if r["metric"] == "gold_quality")
     gold.update(delta=-0.2, ci_low=-0.25, ci_high=-0.15)
     hacked = [line for line in findings(results) if line.startswith("Proxy vs gold")][0]
