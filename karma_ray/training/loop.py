@@ -114,6 +114,15 @@ def all_reduce_sum(values: Sequence[float], device: Any = "cpu") -> list[float]:
     return t.tolist()
 
 
+def _write_progress(path: str, step: int) -> None:
+    """The step count for the driver's bar. On a cluster without a shared output folder the worker
+    cannot reach it: the bar then stays still, and training goes on."""
+    try:
+        Path(path).write_text(f"{step}\n")
+    except OSError:
+        pass
+
+
 def _nan_for_none(metrics: dict) -> dict:
     return {k: (math.nan if v is None else v) for k, v in metrics.items()}
 
@@ -253,7 +262,7 @@ def run_loop(task: TrainTask, plan: LoopPlan, *, rank: int, device: Any = "cpu",
             pending = []
             state.step += 1
             if plan.progress_file and rank == 0:
-                Path(plan.progress_file).write_text(f"{state.step}\n")
+                _write_progress(plan.progress_file, state.step)
             after_step(state.step)
             if done():
                 break
@@ -285,8 +294,8 @@ def run_loop(task: TrainTask, plan: LoopPlan, *, rank: int, device: Any = "cpu",
 
 
 def worker_env(use_gpu: bool) -> dict[str, str]:
-    """Environment of the Ray Train workers: DeepSpeed's accelerator, no hub unless the driver has
-    one, no tokenizer threads (the worker's torch threads have the CPUs), the test-only fault switch."""
+    """Environment of the Ray Train workers: DeepSpeed's accelerator, the driver's HF_HUB_OFFLINE (on
+    when it has none), no tokenizer threads (the worker's torch threads have the CPUs), the test-only fault switch."""
     from karma_ray.training.faults import forwarded_env
 
     return {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),

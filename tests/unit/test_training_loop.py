@@ -123,3 +123,14 @@ def test_a_crash_after_a_step_resumes_from_the_last_checkpoint(tmp_path):
     state = run_loop(again, plan, rank=0, session=LocalSession(tmp_path))
     assert state.resumed_at_step == 4 and [h["step"] for h in state.history] == [1, 2, 3, 4, 5, 6]
     assert again.trained == [[0], [1], [2], [3], [10], [11]]  # step 5 taken again, once in the record
+
+
+def test_the_step_count_for_the_console_is_written_and_an_unreachable_file_is_no_error(tmp_path):
+    progress = tmp_path / "progress.txt"
+    run_loop(CountingTask(micro_per_epoch=4), LoopPlan(stage="t", epochs=1, progress_file=str(progress)), rank=0,
+             session=LocalSession(tmp_path))
+    assert progress.read_text() == "4\n"
+    # a worker on another node with no shared output folder: the bar stays still, training goes on
+    state = run_loop(CountingTask(micro_per_epoch=4), LoopPlan(stage="t", epochs=1, progress_file=str(tmp_path / "no" / "p.txt")),
+                     rank=0, session=LocalSession(tmp_path / "other"))
+    assert state.step == 4
