@@ -46,9 +46,10 @@ def mapping_option(default: Mapping, help: str) -> Any:
     return field(default_factory=lambda: frozen, metadata={"help": help})
 
 
-def section(cls: type, help: str) -> Any:
-    """A nested config section with help text."""
-    return field(default_factory=cls, metadata={"help": help})
+def section(cls: type, help: str, **defaults: Any) -> Any:
+    """A nested config section with help text; `defaults` override the section's own (e.g. a stage
+    whose DeepSpeed default is ZeRO-2 where the section's is 0)."""
+    return field(default_factory=(lambda: cls(**defaults)) if defaults else cls, metadata={"help": help})
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,17 +424,21 @@ def save_resolved(cfg: Any, output_dir: str | Path, name: str = "config.yaml") -
     return path
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One line per field: dotted key, default, help text."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """One line per field: dotted key, default, help text. `defaults`: the section's default instance,
+    whose values win over the class's own (a section built with `section(cls, help, **defaults)`)."""
     lines = []
     hints = _type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         tp = hints[f.name]
-        if _is_config_class(tp):
-            lines.append(f"{key}:  # {f.metadata.get('help', '')}")
-            lines.extend(describe(tp, prefix=key + "."))
+        if defaults is not None:
+            default = getattr(defaults, f.name)
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if _is_config_class(tp):
+            lines.append(f"{key}:  # {f.metadata.get('help', '')}")
+            lines.extend(describe(tp, prefix=key + ".", defaults=default))
+        else:
             lines.append(f"  {key} = {to_dict(default) if dataclasses.is_dataclass(default) or isinstance(default, Mapping) else default!r}  # {f.metadata.get('help', '')}")
     return lines

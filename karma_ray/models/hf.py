@@ -106,9 +106,9 @@ def weights_digest(folder: str | os.PathLike) -> Optional[str]:
     for shard in shards:
         with safe_open(str(shard), framework="pt") as f:
             for name in f.keys():
-                t = f.get_tensor(name).contiguous().reshape(-1)
-                head = f"{t.dtype}|{tuple(f.get_slice(name).get_shape())}|".encode()
-                per_tensor[name] = hashlib.sha256(head + t.view(torch.uint8).numpy().tobytes()).hexdigest()
+                t = f.get_tensor(name).contiguous()
+                head = f"{t.dtype}|{tuple(t.shape)}|".encode()
+                per_tensor[name] = hashlib.sha256(head + t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
     for name in sorted(per_tensor):  # the order of names in a file is the writer's, not the model's
         h.update(f"{name}={per_tensor[name]};".encode())
     for name in _TOKENIZER_FILES:

@@ -194,8 +194,8 @@ class RewardTask:
         if meta.variant in CONTROL_VARIANTS:
             return
         self.model, self.tokenizer = build_reward_model(meta, cfg.model.backbone, cfg.model.dtype, cfg.model.trust_remote_code, cfg.train.seed)
-        reg_steps = math.ceil(self.n_train / cfg.train.batch_size) if cfg.loss.regression_on else 0
-        self.steps = reg_steps if cfg.loss.regression_on else math.ceil(self.n_pairs / cfg.train.pair_batch_size)
+        self.steps = (math.ceil(self.n_train / cfg.train.batch_size) if cfg.loss.regression_on
+                      else math.ceil(self.n_pairs / cfg.train.pair_batch_size))
         if self.distributed:  # every worker must take the same number of steps (one allreduce per step)
             t = torch.tensor([self.steps], dtype=torch.int64)
             dist.all_reduce(t, op=dist.ReduceOp.MIN)

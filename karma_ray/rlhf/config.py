@@ -12,7 +12,7 @@ Imports only the standard library, karma_ray.config and karma_ray.engines.config
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from karma_ray.config import ConfigError, RayConfig, option, section
@@ -45,10 +45,9 @@ class TrainerConfig:
     """A DeepSpeed-trained role (policy or critic)."""
 
     num_workers: int = option(1, "Data-parallel workers (one Ray actor each; gloo on CPU, NCCL on GPU).")
-    deepspeed: DeepSpeedConfig = field(
-        default_factory=lambda: DeepSpeedConfig(zero_stage=2),
-        metadata={"help": "DeepSpeed ZeRO, the same settings as train-rm and sft (default ZeRO-2; 0 on one worker: "
-                          "DeepSpeed without ZeRO, measured 1.6x faster than ZeRO-2 on CPU, benchmarks/bench_update.py)."})
+    deepspeed: DeepSpeedConfig = section(
+        DeepSpeedConfig, "DeepSpeed ZeRO, the same settings as train-rm and sft (default ZeRO-2; 0 on one worker: "
+        "DeepSpeed without ZeRO, measured 1.6x faster than ZeRO-2 on CPU, benchmarks/bench_update.py).", zero_stage=2)
     lr: float = option(1e-5, "Adam learning rate.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
     grad_clip: float = option(1.0, "Max global gradient norm (0: off).")

@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -93,3 +94,18 @@ def test_float_fields_accept_exponents_without_a_dot():
     assert cfg.policy.lr == 0.003
     with pytest.raises(ConfigError, match="policy.lr: expected a number, got 'fast'"):
         load_config(PPOConfig, None, [*base, "policy.lr=fast"])
+
+
+def test_a_section_built_with_its_own_defaults_is_described_and_loaded_with_them():
+    """PPO's roles default to ZeRO-2 where train-rm's and sft's DeepSpeed section defaults to 0: the
+    help shows and the loader gives each section's own default, not the class's."""
+    from karma_ray.rlhf.config import PPOConfig
+    from karma_ray.reward.config import RewardModelConfig
+
+    ppo = describe(PPOConfig)
+    assert any(line.strip().startswith("policy.deepspeed.zero_stage = 2 ") for line in ppo)
+    assert any(line.strip().startswith("critic.deepspeed.zero_stage = 2 ") for line in ppo)
+    assert any(line.strip().startswith("deepspeed.zero_stage = 0 ") for line in describe(RewardModelConfig))
+    # smollm2-cpu.yaml sets the policy to 0 and leaves the critic out: the critic keeps its ZeRO-2
+    cfg = load_config(PPOConfig, str(Path(__file__).resolve().parents[2] / "configs/ppo/smollm2-cpu.yaml"), [])
+    assert cfg.policy.deepspeed.zero_stage == 0 and cfg.critic.deepspeed.zero_stage == 2
