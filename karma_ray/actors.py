@@ -7,6 +7,7 @@ inside the methods, so `import karma_ray.actors` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -57,10 +58,8 @@ class ActorPool:
         import ray
 
         self.budget.spend(f"{self.role}[{i}]", reason)
-        try:
+        with contextlib.suppress(Exception):  # already gone
             ray.kill(self.actors[i], no_restart=True)
-        except Exception:  # already gone
-            pass
         actor = self.launch(i)
         ray.get(actor.ready.remote())
         self.actors[i] = actor

@@ -20,7 +20,7 @@ import argparse
 import os
 import re
 import sys
-from typing import Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from karma_ray.config import ConfigError, PrepareConfig, describe, load_config
 
@@ -36,6 +36,35 @@ def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
     return paths, overrides
 
 
+def parse_stage_args(p: argparse.ArgumentParser, argv: Sequence[str], config_cls: type,
+                     required: Sequence[str] = ("output",), overrides_only: bool = False) -> Optional[argparse.Namespace]:
+    """Parse a stage's command line (positionals and key=value may come before or after options).
+    None when --help-config printed the config keys. A missing `required` flag is a usage error; so is,
+    with `overrides_only`, a positional `items` that is not an override (`args.items` keeps the overrides)."""
+    args = p.parse_intermixed_args(argv)
+    if args.help_config:
+        print("\n".join(describe(config_cls)))
+        return None
+    if overrides_only:
+        paths, args.items = split_overrides(args.items)
+        if paths:
+            p.error(f"unexpected arguments {paths} (overrides look like key.path=value)")
+    if not all(getattr(args, name) for name in required):
+        p.error(" and ".join(f"--{name}" for name in required) + (" are" if len(required) > 1 else " is") + " required")
+    return args
+
+
+def run_stage(p: argparse.ArgumentParser, config_cls: type, config: Optional[str], overrides: Sequence[str],
+              errors: tuple[type[Exception], ...], run: Callable[[Any], Any]) -> Any:
+    """`run(cfg)` on the loaded config; None after printing a config error or one of `errors` (the
+    inputs, the output folder: the stage checks them before Ray starts), which exits 2."""
+    try:
+        return run(load_config(config_cls, config, overrides))
+    except (ConfigError, *errors) as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return None
+
+
 def _cmd_prepare(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="karma prepare", description="Reddit dumps -> reward-model examples and pairs (Ray Data).")
     p.add_argument("items", nargs="*", help="input paths (files, folders, globs) and key=value config overrides")
@@ -43,23 +72,18 @@ def _cmd_prepare(argv: Sequence[str]) -> int:
     p.add_argument("--config", "-c", help="YAML config (see configs/data/)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepare output")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
-    args = p.parse_intermixed_args(argv)  # paths and key=value may come before or after options
-    if args.help_config:
-        print("\n".join(describe(PrepareConfig)))
+    args = parse_stage_args(p, argv, PrepareConfig)
+    if args is None:
         return 0
     inputs, overrides = split_overrides(args.items)
-    if not args.output:
-        p.error("--output is required")
     from karma_ray.data.prepare import render_summary, run_prepare
     from karma_ray.data.sources import InputError
     from karma_ray.stage import OutputExistsError
 
-    try:
-        cfg = load_config(PrepareConfig, args.config, overrides)
-        # run_prepare checks the inputs and the output folder before Ray starts
-        prepared = run_prepare(cfg, args.output, inputs=inputs, overwrite=args.overwrite)
-    except (ConfigError, InputError, OutputExistsError) as exc:
-        print(f"karma prepare: error: {exc}", file=sys.stderr)
+    # run_prepare checks the inputs and the output folder before Ray starts
+    prepared = run_stage(p, PrepareConfig, args.config, overrides, (InputError, OutputExistsError),
+                         lambda cfg: run_prepare(cfg, args.output, inputs=inputs, overwrite=args.overwrite))
+    if prepared is None:
         return 2
     print(render_summary(prepared.manifest, prepared.output))
     return 0 if prepared.manifest.invariant_holds else 1

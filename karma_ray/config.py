@@ -52,6 +52,12 @@ def section(cls: type, help: str, **defaults: Any) -> Any:
     return field(default_factory=(lambda: cls(**defaults)) if defaults else cls, metadata={"help": help})
 
 
+def at_least(key: str, value: float | None, minimum: float) -> None:
+    """A ConfigError naming `key` when `value` is below `minimum` (None: unset, nothing to check)."""
+    if value is not None and value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}")
+
+
 # --------------------------------------------------------------------------------------------
 # Cluster (shared by every stage that runs on Ray)
 # --------------------------------------------------------------------------------------------
@@ -81,12 +87,17 @@ class RayConfig:
     )
 
     def validate(self) -> None:
-        if self.num_cpus is not None and self.num_cpus < 1:
-            raise ConfigError("ray.num_cpus must be >= 1")
+        at_least("ray.num_cpus", self.num_cpus, 1)
         if self.object_store_memory_gb is not None and self.object_store_memory_gb < 0.08:
             raise ConfigError("ray.object_store_memory_gb must be >= 0.08 (Ray's minimum is ~78 MiB)")
         if self.address is not None and self.num_cpus is not None:
             raise ConfigError("ray.num_cpus only applies to a local cluster; unset it or ray.address")
+
+    def check_fits(self, need: float, what: str, fix: str) -> None:
+        """A local cluster of num_cpus CPUs must hold the `need` CPUs a stage takes at once, or Ray waits
+        forever for what it can never place (an existing or autoscaling cluster's size is not known here)."""
+        if self.num_cpus is not None and need > self.num_cpus + 1e-9:
+            raise ConfigError(f"{what} need {need:g} CPUs but the local cluster has ray.num_cpus={self.num_cpus}: {fix}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,8 +125,7 @@ class ReadConfig:
     def validate(self) -> None:
         if not 1 <= self.chunk_mib <= 1024:
             raise ConfigError("read.chunk_mib must be in [1, 1024]")
-        if self.max_tasks_per_file < 1:
-            raise ConfigError("read.max_tasks_per_file must be >= 1")
+        at_least("read.max_tasks_per_file", self.max_tasks_per_file, 1)
 
 
 @dataclass(frozen=True)
@@ -155,8 +165,7 @@ class FilterConfig:
     def validate(self) -> None:
         if self.min_chars < 0 or self.max_chars < 1 or self.min_chars > self.max_chars:
             raise ConfigError("filters: need 0 <= min_chars <= max_chars and max_chars >= 1")
-        if self.min_settle_seconds < 0:
-            raise ConfigError("filters.min_settle_seconds must be >= 0")
+        at_least("filters.min_settle_seconds", self.min_settle_seconds, 0)
 
 
 @dataclass(frozen=True)
@@ -171,8 +180,7 @@ class ThreadConfig:
     max_submission_chars: int = option(1500, "Cut a submission's selftext to this many characters in the context.")
 
     def validate(self) -> None:
-        if self.max_context_turns < 0:
-            raise ConfigError("threads.max_context_turns must be >= 0")
+        at_least("threads.max_context_turns", self.max_context_turns, 0)
         if self.max_context_chars < 1 or self.max_submission_chars < 0:
             raise ConfigError("threads.max_context_chars must be >= 1 and max_submission_chars >= 0")
 
@@ -192,8 +200,7 @@ class PairConfig:
     max_pairs_per_parent: int = option(16, "Cap pairs per parent so that huge threads don't dominate.")
 
     def validate(self) -> None:
-        if self.min_score_ratio < 1.0:
-            raise ConfigError("pairs.min_score_ratio must be >= 1")
+        at_least("pairs.min_score_ratio", self.min_score_ratio, 1)
         if self.min_score_margin < 0 or self.max_pairs_per_parent < 1:
             raise ConfigError("pairs.min_score_margin must be >= 0 and max_pairs_per_parent >= 1")
 
@@ -236,10 +243,8 @@ class PrepareConfig:
     )
 
     def validate(self) -> None:
-        if self.shuffle_partitions is not None and self.shuffle_partitions < 1:
-            raise ConfigError("shuffle_partitions must be >= 1")
-        if self.rows_per_file < 1:
-            raise ConfigError("rows_per_file must be >= 1")
+        at_least("shuffle_partitions", self.shuffle_partitions, 1)
+        at_least("rows_per_file", self.rows_per_file, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,8 +256,8 @@ def _is_config_class(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+# Scalar field types and how an error names them (bool is an int in Python: an int field refuses true/false).
+_SCALARS = {bool: "true/false", int: "an integer", str: "a string"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -264,14 +269,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arm in args:
-            if arm is type(None):
-                continue
+        for arm in [a for a in args if a is not type(None)]:
             try:
                 return _coerce(value, arm, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: {value!r} does not fit {tp}")
     if origin is Literal:
         if value not in args:
@@ -289,13 +291,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return types.MappingProxyType({str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()})
     if _is_config_class(tp):
         return _build(tp, value, prefix=key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp in _SCALARS:
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{key}: expected {_SCALARS[tp]}, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, str):
@@ -307,10 +305,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
     raise ConfigError(f"{key}: unsupported config type {tp}")
 
 
@@ -321,7 +315,7 @@ def _build(cls: type[T], data: Any, prefix: str = "") -> T:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
-    hints = _type_hints(cls)
+    hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
@@ -400,19 +394,15 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     return cfg
 
 
-def to_dict(cfg: Any) -> dict:
+def to_dict(cfg: Any) -> Any:
     """Plain-data view (tuples -> lists) suitable for YAML/JSON."""
-
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, Mapping):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(cfg)
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(x) for x in cfg]
+    if isinstance(cfg, Mapping):
+        return {k: to_dict(x) for k, x in cfg.items()}
+    return cfg
 
 
 def save_resolved(cfg: Any, output_dir: str | Path, name: str = "config.yaml") -> Path:
@@ -425,17 +415,15 @@ def save_resolved(cfg: Any, output_dir: str | Path, name: str = "config.yaml") -
 
 
 def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
-    """One line per field: dotted key, default, help text. `defaults`: the section's default instance,
-    whose values win over the class's own (a section built with `section(cls, help, **defaults)`)."""
+    """One line per field: dotted key, default, help text. `defaults`: the instance whose values are shown
+    (a section's own default, built with `section(cls, help, **defaults)`; None: `cls()`)."""
     lines = []
-    hints = _type_hints(cls)
+    hints = typing.get_type_hints(cls)
+    defaults = cls() if defaults is None else defaults
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         tp = hints[f.name]
-        if defaults is not None:
-            default = getattr(defaults, f.name)
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = getattr(defaults, f.name)
         if _is_config_class(tp):
             lines.append(f"{key}:  # {f.metadata.get('help', '')}")
             lines.extend(describe(tp, prefix=key + ".", defaults=default))

@@ -63,10 +63,14 @@ def manifest_file(path: str | os.PathLike) -> Path:
 
 def example_ids_digest(ids: Iterable[str]) -> str:
     """sha256 of the sorted, newline-joined ids: equal exactly when the example sets are equal."""
-    h = hashlib.sha256()
-    for i, ident in enumerate(sorted(ids)):
-        h.update(((("\n" if i else "") + ident)).encode())
-    return h.hexdigest()
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LineageError(f"{path} is not valid JSON: {exc}") from None
 
 
 def json_digest(data: Any) -> str:
@@ -84,10 +88,7 @@ def data_stage(
 ) -> dict:
     """One lineage entry: a model trained from `base_model` on examples of a prepared corpus."""
     manifest = manifest_file(prepared_dir)
-    try:
-        inputs = json.loads(manifest.read_text()).get("inputs", [])
-    except json.JSONDecodeError as exc:
-        raise LineageError(f"{manifest} is not valid JSON: {exc}") from None
+    inputs = _read_json(manifest).get("inputs", [])
     return {
         "stage": stage,
         "base_model": str(base_model),
@@ -105,17 +106,10 @@ def data_stage(
 
 def read_lineage(model_dir: str | os.PathLike) -> dict | None:
     """The lineage of a model folder (or of a run folder holding it), None when it has none."""
-    d = Path(model_dir)
-    if not d.exists():
-        # a hub id that is not a local folder: nothing trained here, so no recorded exposure
+    path = Path(model_dir) / LINEAGE_FILE
+    if not path.is_file():  # e.g. a hub id that is not a local folder: nothing trained here, no recorded exposure
         return None
-    path = d / LINEAGE_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LineageError(f"{path} is not valid JSON: {exc}") from None
+    data = _read_json(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("stages"), list):
         raise LineageError(f"{path} is not a {FORMAT} lineage file")
     return data
@@ -149,12 +143,7 @@ def write_example_ids(ids: Sequence[str], path: str | os.PathLike) -> Path:
 
 def corpora_seen(model_dir: str | os.PathLike) -> list[str]:
     """Manifest sha256 of every corpus the model or an ancestor was trained on (oldest first, unique)."""
-    seen: list[str] = []
-    for s in lineage_stages(model_dir):
-        sha = s.get("manifest_sha256")
-        if sha and sha not in seen:
-            seen.append(sha)
-    return seen
+    return list(dict.fromkeys(s["manifest_sha256"] for s in lineage_stages(model_dir) if s.get("manifest_sha256")))
 
 
 def assert_no_exposure(model_dir: str | os.PathLike, manifest: str | os.PathLike) -> None:
@@ -165,10 +154,7 @@ def assert_no_exposure(model_dir: str | os.PathLike, manifest: str | os.PathLike
     """
     mpath = manifest_file(manifest)
     sha = file_sha256(mpath)
-    try:
-        inputs = {(i.get("path"), i.get("bytes")) for i in json.loads(mpath.read_text()).get("inputs", [])}
-    except json.JSONDecodeError as exc:
-        raise LineageError(f"{mpath} is not valid JSON: {exc}") from None
+    inputs = {(i.get("path"), i.get("bytes")) for i in _read_json(mpath).get("inputs", [])}
     for depth, s in enumerate(lineage_stages(model_dir)):
         where = f"stage {depth} ('{s.get('stage')}', base {s.get('base_model')}, data {s.get('data')}, {s.get('created_utc')})"
         if s.get("manifest_sha256") == sha:

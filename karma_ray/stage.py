@@ -71,10 +71,16 @@ def stage_state(output: str | os.PathLike, stage: str, digest: str) -> State:
     return "finished" if (record.stage, record.config_digest) == (stage, digest) else "stale"
 
 
-def _write(output: Path, record: StageRecord) -> None:
+def _write(output: Path, stage: str, digest: str, state: str, result: Optional[dict] = None) -> StageRecord:
+    """Record `stage` in `output` (a resumed run keeps its start time)."""
+    previous = read_stage(output)
+    started = previous.started_at if previous and previous.stage == stage else time.time()
+    record = StageRecord(stage=stage, config_digest=digest, state=state, started_at=started,
+                         finished_at=time.time() if state == "finished" else None, result=result)
     tmp = output / (STAGE_FILE + ".tmp")
     tmp.write_text(json.dumps(asdict(record), indent=2, default=str) + "\n")
     os.replace(tmp, output / STAGE_FILE)  # a reader never sees half a record
+    return record
 
 
 def claim_output(
@@ -116,23 +122,9 @@ def begin_stage(output: str | os.PathLike, stage: str, digest: str) -> StageReco
     """Record a stage as running (a resumed run keeps its start time; a finished one is reopened)."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    previous = read_stage(out)
-    started = previous.started_at if previous and previous.stage == stage else time.time()
-    record = StageRecord(stage=stage, config_digest=digest, state="running", started_at=started)
-    _write(out, record)
-    return record
+    return _write(out, stage, digest, "running")
 
 
 def finish_stage(output: str | os.PathLike, stage: str, digest: str, result: Optional[dict] = None) -> StageRecord:
     """Mark the stage finished with this config: written last, after every output file."""
-    out = Path(output)
-    previous = read_stage(out)
-    started = previous.started_at if previous and previous.stage == stage else time.time()
-    record = StageRecord(stage=stage, config_digest=digest, state="finished", started_at=started,
-                         finished_at=time.time(), result=result)
-    _write(out, record)
-    return record
-
-
-__all__ = ["OutputExistsError", "StageRecord", "STAGE_FILE", "config_digest", "read_stage", "stage_state",
-           "claim_output", "begin_stage", "finish_stage"]
+    return _write(Path(output), stage, digest, "finished", result)

@@ -165,16 +165,6 @@ class Experience:
         return self.select(torch.arange(rank, len(self), world_size))
 
 
-__all__ = [
-    "SamplingSettings",
-    "Generations",
-    "SequenceBatch",
-    "pack_sequences",
-    "response_logprobs",
-    "Experience",
-]
-
-
 # ------------------------------------------------------------------------------------------------
 # What a training role and a weight sync report back (typed: they cross actor boundaries)
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ missing piece, before any Ray work starts.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ class PreparedCorpus:
     def open(cls, path: str | os.PathLike, *, splits: Sequence[str] = SPLITS, pairs: Sequence[str] = ()) -> "PreparedCorpus":
         """Check that `path` is a prepared corpus with Parquet examples for `splits` and pairs for `pairs`."""
         corpus = cls(Path(path).resolve())
-        if not corpus.manifest_path.is_file():
+        if not (corpus.root / MANIFEST_FILE).is_file():
             raise CorpusError(f"{path}: no {MANIFEST_FILE} (not a `karma prepare` output)")
         for split in splits:
             if not corpus.example_files(split):
@@ -45,10 +44,6 @@ class PreparedCorpus:
             if not corpus.pair_files(split):
                 raise CorpusError(f"{path}: sibling pairs are needed, but {corpus.pairs_dir(split)} holds none")
         return corpus
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.root / MANIFEST_FILE
 
     @property
     def ledger_dir(self) -> Path:
@@ -65,12 +60,6 @@ class PreparedCorpus:
 
     def pair_files(self, split: str) -> list[Path]:
         return sorted(self.pairs_dir(split).rglob("*.parquet"))
-
-    def manifest(self) -> dict:
-        try:
-            return json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CorpusError(f"{self.manifest_path}: unreadable manifest ({exc})") from exc
 
 
 __all__ = ["CorpusError", "MANIFEST_FILE", "PreparedCorpus", "SPLITS"]

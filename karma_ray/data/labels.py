@@ -2,24 +2,20 @@
 
 The raw Reddit score is heavy-tailed and depends on how many people saw a reply, so reward models
 train on normalized targets instead (chosen per run, all written):
-- `log_score`: signed log1p, sign(s) * log(1 + |s|);
+- `log_score`: signed log1p, sign(s) * log(1 + |s|) (computed in threads.py);
 - `sibling_percentile` / `thread_percentile`: the reply's rank among the kept replies to the same
   parent / in the same thread, in [0, 1] (ties share the mean rank; a lone reply gets 0.5);
 - `subreddit_z`: log_score standardized by its subreddit's mean and std over the TRAIN split
-  (statistics from train only, so val/test do not leak into their own targets).
+  (statistics from train only, so val/test do not leak into their own targets; prepare.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
+from bisect import bisect_left, bisect_right
 from typing import Sequence
 
 from karma_ray.config import PairConfig, SplitConfig
-
-
-def signed_log1p(score: int | float) -> float:
-    return math.copysign(math.log1p(abs(score)), score)
 
 
 def percentile_ranks(scores: Sequence[float]) -> list[float]:
@@ -30,23 +26,9 @@ def percentile_ranks(scores: Sequence[float]) -> list[float]:
     n = len(scores)
     if n == 1:
         return [0.5]
-    order = sorted(range(n), key=lambda i: scores[i])
-    out = [0.0] * n
-    i = 0
-    while i < n:
-        j = i
-        while j + 1 < n and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        # positions i..j tie: below = i, equal others = j - i
-        value = (i + 0.5 * (j - i)) / (n - 1)
-        for k in range(i, j + 1):
-            out[order[k]] = value
-        i = j + 1
-    return out
-
-
-def zscore(value: float, mean: float, std: float) -> float:
-    return (value - mean) / std if std > 0 else value - mean
+    ordered = sorted(scores)
+    # below = bisect_left, equal others = bisect_right - bisect_left - 1
+    return [(bisect_left(ordered, s) + bisect_right(ordered, s) - 1) / 2 / (n - 1) for s in scores]
 
 
 def split_for_thread(link_id: str, cfg: SplitConfig) -> str:

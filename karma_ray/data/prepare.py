@@ -52,12 +52,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from karma_ray import __version__
 from karma_ray.config import PrepareConfig, save_resolved, to_dict
 from karma_ray.data import records, sources, threads
 from karma_ray.data.corpus import MANIFEST_FILE, PreparedCorpus
 from karma_ray.stage import begin_stage, claim_output, config_digest, finish_stage
-
-MANIFEST = MANIFEST_FILE
 
 
 def thread_partition(link_ids: pa.Array | pa.ChunkedArray, n_partitions: int) -> pa.Array:
@@ -106,43 +105,34 @@ def read_records(f: sources.InputFile, plan: tuple[str, int, int], chunk_bytes: 
                  n_partitions: int = 0) -> Iterator[pa.Table | bytes]:
     """Ray task body (streaming generator): decompress, parse and filter one file / byte range /
     chunk shard, yielding RECORD_SCHEMA blocks chunk by chunk (plus a marker row when the file
-    ended early). With n_partitions > 0 the parsed chunks are gathered into exchange rounds, each
-    yielded as n_partitions packed pieces: piece i of the stream belongs to partition i % n_partitions."""
+    ended early); a Parquet input (read whole) batch by batch through parse_parquet_batch. With
+    n_partitions > 0 the parsed chunks are gathered into exchange rounds, each yielded as
+    n_partitions packed pieces: piece i of the stream belongs to partition i % n_partitions."""
     kind, a, b = plan
-    if kind == "range":
-        chunks = sources.iter_range_chunks(f, a, b, chunk_bytes)
-    elif kind == "shard":
-        chunks = sources.iter_chunks(f, chunk_bytes, shard=a, n_shards=b)
-    else:
-        chunks = sources.iter_chunks(f, chunk_bytes)
 
     def parsed() -> Iterator[pa.Table]:
+        if f.format == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(f.path).iter_batches(batch_size=65_536):
+                yield parse_parquet_batch(pa.Table.from_batches([batch]), filters, source=f.path)
+            return
+        if kind == "range":
+            chunks = sources.iter_range_chunks(f, a, b, chunk_bytes)
+        else:  # ("shard", i, n) or ("whole", 0, 1)
+            chunks = sources.iter_chunks(f, chunk_bytes, shard=a, n_shards=b)
         for c in chunks:
             info = records.ChunkInfo(c.source, c.index, c.kind_hint)
             table = records.parse_and_filter(c.data, info, filters, truncated_tail=c.truncated_tail)
-            if c.truncated_tail:
-                table = pa.concat_tables([table, _truncation_row(info, c.error)])
+            if c.truncated_tail:  # plus a ledger-only marker that the file ended early (not a record)
+                marker = {**records.malformed_row(info, "file_truncated", c.error or ""), "record_kind": "file_event"}
+                table = pa.concat_tables([table, records.rows_to_table([marker])])
             yield table
 
     # explicit loops, not `yield from`: Ray drives a streaming generator with send(), which a
     # delegated generator would receive
     for block in exchange_rounds(parsed(), n_partitions) if n_partitions else parsed():
         yield block
-
-
-def read_parquet_records(path: str, batch_rows: int, filters: Any, n_partitions: int) -> Iterator[bytes]:
-    """Ray task body (streaming generator): a Parquet input with Pushshift field names, batch by batch,
-    through parse_parquet_batch, yielded in exchange rounds like read_records."""
-    import pyarrow.parquet as pq
-
-    def parsed() -> Iterator[pa.Table]:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-            table = pa.Table.from_batches([batch])
-            table = table.append_column("__source", pa.repeat(pa.scalar(path), table.num_rows))
-            yield parse_parquet_batch(table, filters)
-
-    for piece in exchange_rounds(parsed(), n_partitions):
-        yield piece
 
 
 EXCHANGE_ROUND_BYTES = 32 << 20  # parsed Arrow bytes a read task gathers before cutting them by partition
@@ -160,19 +150,10 @@ def exchange_rounds(tables: Iterator[pa.Table], n_partitions: int) -> Iterator[b
         pending.append(table)
         pending_bytes += table.nbytes
         if pending_bytes >= EXCHANGE_ROUND_BYTES:
-            for piece in split_by_thread(pa.concat_tables(pending), n_partitions):
-                yield pack_piece(piece)
+            yield from map(pack_piece, split_by_thread(pa.concat_tables(pending), n_partitions))
             pending, pending_bytes = [], 0
     if pending:
-        for piece in split_by_thread(pa.concat_tables(pending), n_partitions):
-            yield pack_piece(piece)
-
-
-def _truncation_row(info: records.ChunkInfo, error: str | None) -> pa.Table:
-    """A ledger-only marker that a file ended early (record_kind 'file_event', not a record)."""
-    row = records.malformed_row(info, "file_truncated", error or "")
-    row["record_kind"] = "file_event"
-    return records.rows_to_table([row])
+        yield from map(pack_piece, split_by_thread(pa.concat_tables(pending), n_partitions))
 
 
 def configure_data_context(cfg: PrepareConfig) -> None:
@@ -195,20 +176,19 @@ def configure_data_context(cfg: PrepareConfig) -> None:
 
 def tasks_per_file(files: list[sources.InputFile], cpus: int, chunk_bytes: int, max_tasks: int) -> dict[str, int]:
     """Share big files between read tasks when there are fewer files than CPUs."""
-    big = [f for f in files if f.size_bytes * (8 if f.compression != "none" else 1) > 2 * chunk_bytes]
+    big = [f for f in files if _json_bytes(f) > 2 * chunk_bytes]
     if not big:
         return {}
     n = max(1, min(max_tasks, cpus // len(big)))
     return {f.path: n for f in big}
 
 
-def parse_parquet_batch(batch: pa.Table, filters: Any) -> pa.Table:
+def parse_parquet_batch(batch: pa.Table, filters: Any, source: str = "parquet") -> pa.Table:
     """Parquet inputs with Pushshift field names go through the same parser (as JSON lines), so
     every source is normalized and checked by one code path."""
     import orjson
 
-    source = "parquet"
-    if "__source" in batch.column_names:
+    if "__source" in batch.column_names:  # the file's path, from Ray Data's read_parquet(include_paths=True)
         source = batch["__source"][0].as_py() if batch.num_rows else source
         batch = batch.drop_columns(["__source"])
     lines = b"".join(orjson.dumps(r, default=str) + b"\n" for r in batch.to_pylist())
@@ -328,18 +308,15 @@ def build_and_stage(block: pa.Table, cfg: PrepareConfig, output: str) -> pa.Tabl
     written: list[dict] = []
     if block.num_rows:
         files = StageFiles(block_stem(block), cfg.rows_per_file)
-        out = Path(output)
+        corpus = PreparedCorpus(Path(output))
         for built in build_stage_slices(block, cfg):
             for split, rows in built.examples.items():
-                files.add(out / STAGING / "example" / f"split={split}", rows)
+                files.add(corpus.root / STAGING / "example" / f"split={split}", rows)
             for split, rows in built.pairs.items():
-                files.add(PreparedCorpus(out).pairs_dir(split), rows)
-            files.add(PreparedCorpus(out).ledger_dir, built.ledger)
+                files.add(corpus.pairs_dir(split), rows)
+            files.add(corpus.ledger_dir, built.ledger)
         written = files.close()
-    return pa.table({
-        "path": pa.array([w["path"] for w in written], pa.string()),
-        "rows": pa.array([w["rows"] for w in written], pa.int64()),
-    })
+    return pa.Table.from_pylist(written, schema=pa.schema([("path", pa.string()), ("rows", pa.int64())]))
 
 
 def build_partitions(batch: dict[str, np.ndarray], pieces: list[list], cfg: PrepareConfig, output: str) -> pa.Table:
@@ -354,16 +331,12 @@ def build_partitions(batch: dict[str, np.ndarray], pieces: list[list], cfg: Prep
         block = concat_partition(*[unpack_piece(data) for data in ray.get(pieces[p])])
         written.append(build_and_stage(block, cfg, output))
         del block
-        release_free_heap()
+        # Return freed heap pages to the OS: Ray keeps task workers alive between tasks, and glibc
+        # otherwise keeps the high-water mark of every task a worker ran.
+        trim = _malloc_trim()
+        if trim is not None:
+            trim(0)
     return pa.concat_tables(written)
-
-
-def release_free_heap() -> None:
-    """Return freed heap pages to the OS (glibc malloc_trim). Ray keeps task workers alive between
-    tasks, and glibc otherwise keeps the high-water mark of every task a worker ran."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 @functools.cache
@@ -389,7 +362,7 @@ def partition_count(files: list[sources.InputFile], cpus: int, configured: int |
     to a multiple of the CPUs so the last round of build tasks does not leave CPUs idle."""
     if configured:
         return configured
-    estimated = sum(f.size_bytes * (COMPRESSION_RATIO_ESTIMATE if f.compression != "none" else 1) for f in files)
+    estimated = sum(_json_bytes(f) for f in files)
     wanted = max(default_partitions(cpus), -(-estimated // PARTITION_TARGET_BYTES))
     return -(-wanted // cpus) * cpus
 
@@ -400,7 +373,12 @@ def default_partitions(cpus: int) -> int:
 
 
 PARTITION_TARGET_BYTES = 96 << 20
-COMPRESSION_RATIO_ESTIMATE = 8  # Pushshift JSON under zstd/gzip: ~6-10x (as tasks_per_file assumes)
+COMPRESSION_RATIO_ESTIMATE = 8  # Pushshift JSON under zstd/gzip: ~6-10x
+
+
+def _json_bytes(f: sources.InputFile) -> int:
+    """An input's estimated size as JSON text."""
+    return f.size_bytes * (COMPRESSION_RATIO_ESTIMATE if f.compression != "none" else 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,7 +415,7 @@ class Manifest:
         return self.records_read == self.records_malformed + sum(self.dropped.values()) + self.examples_written
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, indent=2, sort_keys=False)
+        return json.dumps(self.__dict__, indent=2)
 
 
 def _accumulate(manifest: Manifest, groups: list[dict]) -> None:
@@ -475,11 +453,6 @@ def _accumulate(manifest: Manifest, groups: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare_output_dir(output: str | os.PathLike, overwrite: bool) -> Path:
-    return claim_output(output, "prepare", overwrite=overwrite, resumable=False,
-                        recognizes=lambda p: (p / MANIFEST).exists() or (p / "config.yaml").exists())
-
-
 @dataclass(frozen=True)
 class PrepareResult:
     corpus: PreparedCorpus  # the layout readers open
@@ -496,7 +469,8 @@ def run_prepare(cfg: PrepareConfig, output: str | os.PathLike, *, inputs: Sequen
     folder are checked before Ray starts (InputError, OutputExistsError)."""
     t_start = time.perf_counter()
     files = sources.resolve_inputs(inputs, cfg.read.format)  # errors before any cluster work
-    out = prepare_output_dir(output, overwrite)
+    out = claim_output(output, "prepare", overwrite=overwrite, resumable=False,
+                       recognizes=lambda p: (p / MANIFEST_FILE).exists() or (p / "config.yaml").exists())
     save_resolved(cfg, out)
     digest = config_digest(cfg, [str(f) for f in files])
     begin_stage(out, "prepare", digest)
@@ -528,7 +502,10 @@ def run_prepare(cfg: PrepareConfig, output: str | os.PathLike, *, inputs: Sequen
     timings["read_parse_group_build"] = time.perf_counter() - t_main
     ray_stats = staged.stats()
 
-    manifest = Manifest(inputs=[_input_info(f) for f in files], config=to_dict(cfg), versions=_versions())
+    versions = {"karma_ray": __version__, "ray": ray.__version__, "pyarrow": pa.__version__, "python": sys.version.split()[0]}
+    input_info = [{"path": f.path, "format": f.format, "compression": f.compression, "kind": f.kind_hint, "bytes": f.size_bytes}
+                  for f in files]
+    manifest = Manifest(inputs=input_info, config=to_dict(cfg), versions=versions)
 
     # 6. count: one task per ledger file, merged here. Plain Ray tasks rather than Ray Data
     # aggregates: each Ray Data execution costs seconds of fixed start-up, these cost milliseconds.
@@ -540,8 +517,7 @@ def run_prepare(cfg: PrepareConfig, output: str | os.PathLike, *, inputs: Sequen
     moments_task = ray.remote(train_subreddit_moments)
     counted = ray.get([count_task.remote(p) for p in ledger_files])
     moments = ray.get([moments_task.remote(p) for p in example_files])
-    groups = [g for part in counted for g in part["groups"]]
-    _accumulate(manifest, groups)
+    _accumulate(manifest, [g for part in counted for g in part["groups"]])
     manifest.truncated_files = [e for part in counted for e in part["truncated"]]
     manifest.subreddit_stats = merge_moments(moments)
     timings["count"] = time.perf_counter() - t0
@@ -550,9 +526,8 @@ def run_prepare(cfg: PrepareConfig, output: str | os.PathLike, *, inputs: Sequen
     # the ledger were written final by the build).
     t0 = time.perf_counter()
     finish = ray.remote(finish_examples)
-    jobs = [finish.remote(p, str(out / "examples" / Path(p).relative_to(staging / "example")), manifest.subreddit_stats)
-            for p in example_files]
-    ray.get(jobs)
+    ray.get([finish.remote(p, str(out / "examples" / Path(p).relative_to(staging / "example")), manifest.subreddit_stats)
+             for p in example_files])
     shutil.rmtree(staging, ignore_errors=True)
     timings["finish"] = time.perf_counter() - t0
 
@@ -564,7 +539,7 @@ def run_prepare(cfg: PrepareConfig, output: str | os.PathLike, *, inputs: Sequen
     total_records = manifest.records_read + manifest.submissions_read
     manifest.rows_per_second = round(total_records / max(timings["read_parse_group_build"], 1e-9), 1)
     manifest.invariant_holds = manifest.check_invariant()
-    (out / MANIFEST).write_text(manifest.to_json())
+    (out / MANIFEST_FILE).write_text(manifest.to_json())
     (out / "ray_data_stats.txt").write_text(str(ray_stats))
     from karma_ray.data.report import plot_prepare_report
 
@@ -585,9 +560,7 @@ def _partition_and_build(text_files: list, parquet_files: list, cfg: PrepareConf
     n_partitions = partition_count(text_files + parquet_files, cpus, cfg.shuffle_partitions)
     # 1-2. Each read task yields every parsed chunk already cut into n_partitions packed pieces
     # (piece i of a stream belongs to partition i % n).
-    generators = _submit_reads(text_files, cfg, cpus, chunk_bytes, n_partitions)
-    parquet_task = ray.remote(num_returns="streaming")(read_parquet_records)
-    generators += [parquet_task.remote(f.path, 65_536, cfg.filters, n_partitions) for f in parquet_files]
+    generators = _submit_reads(text_files, cfg, cpus, chunk_bytes, n_partitions, parquet_files)
     pieces: list[list] = [[] for _ in range(n_partitions)]
     for gen in generators:
         for i, ref in enumerate(gen):
@@ -601,18 +574,19 @@ def _partition_and_build(text_files: list, parquet_files: list, cfg: PrepareConf
     ).materialize()
 
 
-def _submit_reads(text_files: list, cfg: PrepareConfig, cpus: int, chunk_bytes: int, n_partitions: int) -> list:
-    """1-2. read + parse: one Ray task per file, byte range or chunk shard, all submitted at once; each
-    streams RECORD_SCHEMA blocks (a streaming generator) into the object store. Measured on 2 CPUs / 1M
-    comments: the same tasks as a Ray Data read operator ran one at a time once a shuffle was downstream
-    (its scheduler split 2 CPUs between operators), 2x slower end to end."""
+def _submit_reads(text_files: list, cfg: PrepareConfig, cpus: int, chunk_bytes: int, n_partitions: int,
+                  parquet_files: Sequence = ()) -> list:
+    """1-2. read + parse: one Ray task per file (a Parquet one whole), byte range or chunk shard, all
+    submitted at once; each streams RECORD_SCHEMA blocks (a streaming generator) into the object store.
+    Measured on 2 CPUs / 1M comments: the same tasks as a Ray Data read operator ran one at a time once
+    a shuffle was downstream (its scheduler split 2 CPUs between operators), 2x slower end to end."""
     import ray
 
     shares = tasks_per_file(text_files, cpus, chunk_bytes, cfg.read.max_tasks_per_file)
     read_task = ray.remote(num_returns="streaming")(read_records)
     return [
         read_task.remote(f, plan, chunk_bytes, cfg.filters, n_partitions)
-        for f in text_files
+        for f in [*text_files, *parquet_files]
         for plan in sources.read_plan(f, chunk_bytes, shares.get(f.path, 1))
     ]
 
@@ -672,11 +646,8 @@ def merge_moments(parts: list[dict[str, list[float]]]) -> dict[str, dict]:
     """Per-file moments -> {subreddit: {count, mean, std}} plus '__all__' (pooled, for unseen subreddits)."""
     total: dict[str, list[float]] = {}
     for part in parts:
-        for sub, (n, s, sq) in part.items():
-            acc = total.setdefault(sub, [0, 0.0, 0.0])
-            acc[0] += n
-            acc[1] += s
-            acc[2] += sq
+        for sub, moments in part.items():
+            total[sub] = [a + b for a, b in zip(total.get(sub, [0, 0.0, 0.0]), moments)]
     everything = [sum(v[i] for v in total.values()) for i in range(3)] if total else [0, 0.0, 0.0]
     out = {}
     for sub, (n, s, sq) in list(total.items()) + [("__all__", everything)]:
@@ -688,7 +659,7 @@ def merge_moments(parts: list[dict[str, list[float]]]) -> dict[str, dict]:
 
 def add_subreddit_z(table: pa.Table, stats: dict[str, dict]) -> pa.Table:
     """subreddit_z = (log_score - mean_sub) / std_sub with TRAIN statistics (pooled for unseen
-    subreddits; centred only where std is 0, as labels.zscore), computed per distinct subreddit."""
+    subreddits; centred only where std is 0), computed per distinct subreddit."""
     fallback = stats["__all__"]
     subs = pc.dictionary_encode(table["subreddit"]).combine_chunks()
     names = subs.dictionary.to_pylist() + [None]  # the last entry serves null subreddits
@@ -725,21 +696,7 @@ def count_rows(folder: Path) -> int:
     """Rows in a folder of Parquet files, from their footers (no data read)."""
     import pyarrow.parquet as pq
 
-    if not folder.exists():
-        return 0
     return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.rglob("*.parquet"))
-
-
-def _input_info(f: sources.InputFile) -> dict:
-    return {"path": f.path, "format": f.format, "compression": f.compression, "kind": f.kind_hint, "bytes": f.size_bytes}
-
-
-def _versions() -> dict:
-    import ray
-
-    from karma_ray import __version__
-
-    return {"karma_ray": __version__, "ray": ray.__version__, "pyarrow": pa.__version__, "python": sys.version.split()[0]}
 
 
 def render_summary(m: Manifest, out: Path) -> str:
@@ -765,7 +722,3 @@ def render_summary(m: Manifest, out: Path) -> str:
 
 def _fmt(d: dict) -> str:
     return ", ".join(f"{k}: {v:,}" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) if d else ""
-
-
-def read_manifest(folder: str | os.PathLike) -> dict:
-    return json.loads((Path(folder) / MANIFEST).read_text())

@@ -36,19 +36,6 @@ MALFORMED_SUBMISSION = "malformed_submission"
 # Link ids of malformed rows start with this, so they are grouped apart from real threads.
 MALFORMED_LINK_PREFIX = "~malformed/"
 
-# Record-level drop reasons (comments only), in the order they are checked: the first that
-# applies is the one counted.
-DROP_REASONS = (
-    "deleted",
-    "removed",
-    "bot",
-    "distinguished",
-    "stickied",
-    "empty",
-    "too_long",
-    "unsettled_score",
-)
-
 RECORD_SCHEMA = pa.schema(
     [
         ("record_kind", pa.string()),
@@ -114,34 +101,19 @@ class ChunkInfo:
 
 def to_epoch_seconds(value: Any, field: str) -> int:
     """created_utc / retrieved_on as int seconds: ints, numeric strings ("1134000000"), floats."""
-    if isinstance(value, bool) or value is None:
-        raise RecordError(f"bad_type:{field}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if value != value:  # NaN
-            raise RecordError(f"bad_type:{field}")
-        return int(value)
-    if isinstance(value, str):
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
-            return int(float(value)) if "." in value or "e" in value.lower() else int(value)
-        except ValueError:
-            raise RecordError(f"bad_type:{field}") from None
+            if isinstance(value, str) and ("." in value or "e" in value.lower()):
+                value = float(value)
+            return int(value)
+        except ValueError:  # a string that is no number, or NaN
+            pass
     raise RecordError(f"bad_type:{field}")
 
 
 def strip_prefix(fullname: str) -> str:
     """'t1_abc' -> 'abc'; an id without prefix is returned unchanged."""
     return fullname[3:] if len(fullname) > 3 and fullname[0] == "t" and fullname[2] == "_" else fullname
-
-
-def _require_str(record: dict, field: str) -> str:
-    value = record.get(field)
-    if value is None:
-        raise RecordError(f"missing_field:{field}")
-    if not isinstance(value, str):
-        raise RecordError(f"bad_type:{field}")
-    return value
 
 
 def _optional_str(record: dict, field: str) -> str | None:
@@ -151,6 +123,12 @@ def _optional_str(record: dict, field: str) -> str | None:
     raise RecordError(f"bad_type:{field}")
 
 
+def _require_str(record: dict, field: str) -> str:
+    if record.get(field) is None:
+        raise RecordError(f"missing_field:{field}")
+    return _optional_str(record, field)
+
+
 def normalize_record(record: Any, source: str) -> dict:
     """One parsed JSON value -> a dict of RECORD_SCHEMA fields (drop_reason left None).
 
@@ -158,8 +136,7 @@ def normalize_record(record: Any, source: str) -> dict:
     """
     if not isinstance(record, dict):
         raise RecordError("not_an_object")
-    rid = _require_str(record, "id")
-    rid = strip_prefix(rid).lower()
+    rid = strip_prefix(_require_str(record, "id")).lower()
     if not _ID_RE.match(rid):
         raise RecordError("bad_value:id")
     score = record.get("score")
@@ -226,21 +203,11 @@ def _retrieved_on(record: dict) -> int | None:
 
 
 def malformed_row(info: ChunkInfo, reason: str, snippet: str) -> dict:
-    kind = MALFORMED_SUBMISSION if info.kind_hint == SUBMISSION else MALFORMED_COMMENT
+    """The row of a line that is not a record: these fields (rows_to_table leaves the others null)."""
     return {
-        "record_kind": kind,
-        "id": None,
-        "parent_id": None,
+        "record_kind": MALFORMED_SUBMISSION if info.kind_hint == SUBMISSION else MALFORMED_COMMENT,
         "link_id": f"{MALFORMED_LINK_PREFIX}{info.source}#{info.chunk_index}",
-        "subreddit": None,
-        "author": None,
         "text": snippet[:SNIPPET_CHARS],
-        "title": None,
-        "score": None,
-        "created_utc": None,
-        "retrieved_on": None,
-        "distinguished": None,
-        "stickied": None,
         "drop_reason": reason,
         "source": info.source,
     }
@@ -262,12 +229,9 @@ def parse_lines(data: bytes, info: ChunkInfo, truncated_tail: bool = False) -> p
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError:
-            try:
-                line.decode("utf-8")
-                # The last line of a file that ended early was cut off mid-record.
-                reason = "truncated_line" if truncated_tail and i == last else "bad_json"
-            except UnicodeDecodeError:
-                reason = "invalid_utf8"
+            # The last line of a file that ended early was cut off mid-record.
+            reason = "truncated_line" if truncated_tail and i == last else "bad_json"
+            reason = reason if _is_utf8(line) else "invalid_utf8"
             rows.append(malformed_row(info, reason, line.decode("utf-8", "replace")))
             continue
         try:
@@ -281,8 +245,27 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
 
 
-def _fast_schema(time_type: pa.DataType) -> pa.Schema:
-    return pa.schema(_BASE_FIELDS + [(name, time_type) for name in _TIME_FIELDS])
+def arrow_table(schema: pa.Schema, columns: dict[str, Any], n: int) -> pa.Table:
+    """Columns (Arrow arrays, chunked or not, or Python lists; missing ones null) -> a table of `schema`."""
+    arrays = []
+    for f in schema:
+        value = columns.get(f.name)
+        if value is None:
+            value = pa.nulls(n, f.type)
+        elif isinstance(value, pa.ChunkedArray):
+            value = value.combine_chunks()
+        elif not isinstance(value, pa.Array):
+            value = pa.array(value, f.type)
+        arrays.append(value if value.type == f.type else value.cast(f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # `"created_utc":"1134000000"` -> `"created_utc":1134000000`, so one pyarrow type fits a chunk that
@@ -292,11 +275,12 @@ _STRING_TIME = re.compile(rb'"(created_utc|retrieved_on)":"(-?[0-9]+)"')
 
 def _read_json(data: bytes) -> pa.Table | None:
     for time_type in _TIME_TYPES:
+        schema = pa.schema(_BASE_FIELDS + [(name, time_type) for name in _TIME_FIELDS])
         try:
             return pajson.read_json(
                 pa.py_buffer(data),
                 read_options=pajson.ReadOptions(block_size=max(1 << 20, len(data) + 1)),
-                parse_options=pajson.ParseOptions(explicit_schema=_fast_schema(time_type), unexpected_field_behavior="ignore"),
+                parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
             )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
@@ -319,19 +303,10 @@ def parse_chunk(data: bytes, info: ChunkInfo, truncated_tail: bool = False) -> p
         stripped = line.strip()
         (good if stripped[:1] == b"{" and stripped[-1:] == b"}" else slow).append(line)
     blob = b"\n".join(good)
-    if good:
-        try:
-            blob.decode("utf-8")
-        except UnicodeDecodeError:  # pyarrow does not check UTF-8: find the bad lines ourselves
-            clean = []
-            for line in good:
-                try:
-                    line.decode("utf-8")
-                    clean.append(line)
-                except UnicodeDecodeError:
-                    slow.append(line)
-            good = clean
-            blob = b"\n".join(good)
+    if not _is_utf8(blob):  # pyarrow does not check UTF-8: find the bad lines ourselves
+        slow += [line for line in good if not _is_utf8(line)]
+        good = [line for line in good if _is_utf8(line)]
+        blob = b"\n".join(good)
     fast = None
     if good:
         has_string_time = b'created_utc":"' in blob or b'retrieved_on":"' in blob
@@ -347,20 +322,6 @@ def parse_chunk(data: bytes, info: ChunkInfo, truncated_tail: bool = False) -> p
     if slow:
         parts.append(parse_lines(b"\n".join(slow), info, truncated_tail=tail is not None))
     return pa.concat_tables(parts) if parts else rows_to_table([])
-
-
-def parse_chunk_fast(data: bytes, info: ChunkInfo) -> pa.Table | None:
-    """pyarrow only (no exact-path fallback); None unless every line parses and normalizes.
-    Kept for tests that compare the two paths row for row."""
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    table = _read_json(data)
-    if table is None:
-        return None
-    fast, bad = _normalize_table(table, info)
-    return fast if len(bad) == 0 else None
 
 
 def _normalize_table(t: pa.Table, info: ChunkInfo) -> tuple[pa.Table, list[int]]:
@@ -410,24 +371,15 @@ def _normalize_table(t: pa.Table, info: ChunkInfo) -> tuple[pa.Table, list[int]]
         "drop_reason": pa.nulls(n, pa.string()),
         "source": pa.repeat(pa.scalar(info.source, pa.string()), n),  # (pa.array([s] * n) is ~100x slower)
     }
-    table = pa.table({k: _as_array(v, RECORD_SCHEMA.field(k).type) for k, v in columns.items()}, schema=RECORD_SCHEMA)
+    table = arrow_table(RECORD_SCHEMA, columns, n)
     return (table.filter(ok) if bad else table), bad
-
-
-def _as_array(value: Any, tp: pa.DataType) -> pa.Array:
-    if isinstance(value, pa.ChunkedArray):
-        value = value.combine_chunks()
-    return value.cast(tp) if value.type != tp else value
 
 
 def _time_to_int(col: pa.ChunkedArray) -> tuple[Any, Any]:
     """int64 / numeric-string / float time column -> (int64 values, per-row "convertible" mask;
     a null converts to null and counts as convertible)."""
-    n = len(col)
-    if pa.types.is_integer(col.type):
-        return col, pa.array([True] * n)
-    if pa.types.is_null(col.type):
-        return pa.nulls(n, pa.int64()), pa.array([True] * n)
+    if pa.types.is_integer(col.type) or pa.types.is_null(col.type):
+        return col.cast(pa.int64()), pa.array([True] * len(col))
     if pa.types.is_floating(col.type):
         finite = pc.fill_null(pc.is_finite(col), True)
         return pc.cast(pc.floor(pc.if_else(finite, col, None)), pa.int64()), finite
@@ -436,14 +388,13 @@ def _time_to_int(col: pa.ChunkedArray) -> tuple[Any, Any]:
     return values, numeric
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Record-level filters
 # ---------------------------------------------------------------------------------------------
 
 
 def apply_filters(table: pa.Table, cfg: FilterConfig) -> pa.Table:
-    """Set `drop_reason` on comments that fail a record-level filter (first reason in DROP_REASONS wins).
+    """Set `drop_reason` on comments that fail a record-level filter (the first failing check below wins).
 
     Submissions are never dropped here (they are context); malformed rows keep their reason.
     """
@@ -459,7 +410,10 @@ def apply_filters(table: pa.Table, cfg: FilterConfig) -> pa.Table:
         checks.append(("deleted", pc.equal(body, "[deleted]")))
     if cfg.drop_removed:
         checks.append(("removed", pc.equal(body, "[removed]")))
-    checks.append(("bot", _is_bot(author, cfg)))
+    bot = pc.is_in(pc.utf8_lower(author), value_set=pa.array([a.lower() for a in cfg.bot_authors], pa.string()))
+    for suffix in cfg.bot_author_suffixes:
+        bot = pc.or_(bot, pc.ends_with(author, suffix))
+    checks.append(("bot", bot))
     if cfg.drop_distinguished:
         d = pc.fill_null(table["distinguished"], "")
         checks.append(("distinguished", pc.not_equal(d, "")))
@@ -475,14 +429,6 @@ def apply_filters(table: pa.Table, cfg: FilterConfig) -> pa.Table:
         reason = pc.if_else(pc.and_(is_comment, mask), name, reason)
     reason = pc.coalesce(table["drop_reason"], reason)
     return table.set_column(table.schema.get_field_index("drop_reason"), "drop_reason", reason)
-
-
-def _is_bot(author: pa.Array, cfg: FilterConfig) -> pa.Array:
-    lowered = pc.utf8_lower(author)
-    mask = pc.is_in(lowered, value_set=pa.array([a.lower() for a in cfg.bot_authors], pa.string()))
-    for suffix in cfg.bot_author_suffixes:
-        mask = pc.or_(mask, pc.ends_with(author, suffix))
-    return mask
 
 
 def parse_and_filter(data: bytes, info: ChunkInfo, cfg: FilterConfig, truncated_tail: bool = False) -> pa.Table:

@@ -16,6 +16,7 @@ with the error, so the cut-off last line is counted and the file is named in the
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import gzip
 import os
@@ -64,9 +65,7 @@ class Chunk:
 def kind_hint_for(path: str) -> str:
     """RS_* / *_submissions* files hold submissions; everything else is counted as comments."""
     name = os.path.basename(path).lower()
-    if name.startswith("rs_") or "submission" in name:
-        return SUBMISSION
-    return COMMENT
+    return SUBMISSION if name.startswith("rs_") or "submission" in name else COMMENT
 
 
 def _classify_file(path: str) -> InputFile:
@@ -90,10 +89,6 @@ def _classify_file(path: str) -> InputFile:
     )
 
 
-def _is_convokit(folder: Path) -> bool:
-    return (folder / "utterances.jsonl").is_file()
-
-
 def resolve_inputs(paths: list[str], fmt: str = "auto") -> list[InputFile]:
     """Expand globs and folders, check every path exists and has a known format.
 
@@ -112,7 +107,7 @@ def resolve_inputs(paths: list[str], fmt: str = "auto") -> list[InputFile]:
             if not p.exists():
                 raise InputError(f"input path does not exist: {path}")
             if p.is_dir():
-                if _is_convokit(p):
+                if (p / "utterances.jsonl").is_file():  # a ConvoKit corpus
                     size = (p / "utterances.jsonl").stat().st_size
                     out.append(InputFile(str(p), "convokit", "none", COMMENT, size))
                     continue
@@ -123,10 +118,9 @@ def resolve_inputs(paths: list[str], fmt: str = "auto") -> list[InputFile]:
                 out.extend(found)
             else:
                 out.append(_classify_file(str(p)))
-    if fmt != "auto":
-        for f in out:
-            if f.format != fmt:
-                raise InputError(f"read.format={fmt} but {f.path} looks like {f.format}")
+    for f in out:
+        if fmt not in ("auto", f.format):
+            raise InputError(f"read.format={fmt} but {f.path} looks like {f.format}")
     return out
 
 
@@ -134,9 +128,7 @@ def _known_suffix(name: str) -> bool:
     """Dump files inside a folder. A bare `.json` inside a folder is metadata (a summary, a
     ConvoKit index), not JSON lines; name such a file explicitly to read it as a dump."""
     n = name.lower()
-    if n.endswith(".json"):
-        return False
-    return n.endswith((".zst", ".gz", ".parquet") + JSON_SUFFIXES)
+    return not n.endswith(".json") and n.endswith((".zst", ".gz", ".parquet") + JSON_SUFFIXES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,14 +195,6 @@ def _plain_stream(path: str, start: int = 0, end: int | None = None) -> Iterator
             yield buf
 
 
-def byte_stream(f: InputFile) -> Iterator[bytes]:
-    if f.compression == "zst":
-        return _zstd_stream(f.path)
-    if f.compression == "gz":
-        return _gzip_stream(f.path)
-    return _plain_stream(f.path)
-
-
 def _aligned_chunks(stream: Iterator[bytes], f: InputFile, chunk_bytes: int) -> Iterator[Chunk]:
     """Re-cut a byte stream into newline-aligned chunks; a partial trailing line is carried over
     (it may also hold half of a UTF-8 character, which is why we cut on bytes, never on text)."""
@@ -243,12 +227,12 @@ def iter_chunks(f: InputFile, chunk_bytes: int, shard: int = 0, n_shards: int = 
     tasks share ONE compressed file. zstd cannot seek, so each decompresses the whole stream (the
     cheap part, ~1/4 of parsing) and parses its own share of the chunks.
     """
+    if f.format == "parquet":
+        raise InputError(f"{f.path}: format {f.format} is not read as text")
     if f.format == "convokit":
         stream = convokit_as_pushshift(Path(f.path))
-    elif f.format in ("pushshift", "jsonl"):
-        stream = byte_stream(f)
     else:
-        raise InputError(f"{f.path}: format {f.format} is not read as text")
+        stream = {"zst": _zstd_stream, "gz": _gzip_stream, "none": _plain_stream}[f.compression](f.path)
     for chunk in _aligned_chunks(stream, f, chunk_bytes):
         if chunk.index % n_shards == shard:
             yield chunk
@@ -265,9 +249,9 @@ def read_plan(f: InputFile, chunk_bytes: int, n_tasks: int) -> list[tuple[str, i
 
 
 def plain_ranges(f: InputFile, chunk_bytes: int, n_ranges: int) -> list[tuple[int, int]]:
-    """Byte ranges that split an UNCOMPRESSED file across read tasks (each reads its own lines:
-    those that START inside its range)."""
-    if f.compression != "none" or f.format != "jsonl" or n_ranges <= 1 or f.size_bytes <= 2 * chunk_bytes:
+    """Byte ranges that split an UNCOMPRESSED jsonl file across n_ranges > 1 read tasks (read_plan
+    checks both; each task reads its own lines: those that START inside its range)."""
+    if f.size_bytes <= 2 * chunk_bytes:
         return [(0, f.size_bytes)]
     step = max(chunk_bytes, -(-f.size_bytes // n_ranges))
     return [(s, min(s + step, f.size_bytes)) for s in range(0, f.size_bytes, step)]
@@ -287,7 +271,7 @@ def iter_range_chunks(f: InputFile, start: int, end: int, chunk_bytes: int) -> I
         stop = fh.tell() if end < f.size_bytes else f.size_bytes
     chunk_index_base = start // max(chunk_bytes, 1) * 1000  # unique chunk ids across ranges
     for c in _aligned_chunks(_plain_stream(f.path, begin, stop), f, chunk_bytes):
-        yield Chunk(c.source, chunk_index_base + c.index, c.kind_hint, c.data, c.truncated_tail, c.error)
+        yield dataclasses.replace(c, index=chunk_index_base + c.index)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,27 +301,18 @@ def convokit_to_pushshift(utt: dict, titles: dict[str, str], subreddit_default: 
     if uid is not None and uid == conv:
         return {**common, "title": titles.get(conv, ""), "selftext": utt.get("text") or ""}
     parent = utt.get("reply-to", utt.get("reply_to"))
-    if parent is None:
-        parent_full = None  # neither a post nor a reply: the parser reports it as malformed
-    else:
-        parent_full = ("t3_" if parent == conv else "t1_") + str(parent)
+    # no parent: neither a post nor a reply, so the parser reports it as malformed
+    parent_full = None if parent is None else ("t3_" if parent == conv else "t1_") + str(parent)
     return {**common, "parent_id": parent_full, "link_id": f"t3_{conv}", "body": utt.get("text")}
 
 
 def convokit_as_pushshift(folder: Path) -> Iterator[bytes]:
     """Stream a ConvoKit corpus's utterances as Pushshift JSON lines; unparsable lines pass
     through unchanged so that the parser counts them as malformed."""
-    titles: dict[str, str] = {}
-    conv_path = folder / "conversations.json"
-    if conv_path.is_file():
-        for cid, conv in orjson.loads(conv_path.read_bytes()).items():
-            title = (conv.get("meta") or {}).get("title")
-            if title is not None:
-                titles[cid] = title
-    subreddit = ""
-    corpus_path = folder / "corpus.json"
-    if corpus_path.is_file():
-        subreddit = orjson.loads(corpus_path.read_bytes()).get("subreddit") or ""
+    conv_path, corpus_path = folder / "conversations.json", folder / "corpus.json"
+    convs = orjson.loads(conv_path.read_bytes()) if conv_path.is_file() else {}
+    titles = {cid: title for cid, conv in convs.items() if (title := (conv.get("meta") or {}).get("title")) is not None}
+    subreddit = (orjson.loads(corpus_path.read_bytes()).get("subreddit") or "") if corpus_path.is_file() else ""
     batch: list[bytes] = []
     with open(folder / "utterances.jsonl", "rb") as fh:
         for line in fh:

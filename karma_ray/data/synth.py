@@ -86,15 +86,17 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import functools
+import itertools
 import math
-import queue
 import re
-import threading
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import orjson
@@ -230,9 +232,7 @@ class SynthSummary:
     seed: int
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["files"] = list(self.files)
-        return d
+        return {**asdict(self), "files": list(self.files)}
 
 
 _WORD_RE = re.compile(r"[a-z]+")
@@ -241,14 +241,10 @@ _WORD_TO_TOPIC: dict[str, str] = {w: t for t, words in TOPICS.items() for w in w
 
 def topic_of_text(text: str) -> str | None:
     """The topic whose words occur most often in ``text`` (None if no topic word; ties -> first topic)."""
-    counts: dict[str, int] = {}
-    for token in _WORD_RE.findall(text.lower()):
-        topic = _WORD_TO_TOPIC.get(token)
-        if topic is not None:
-            counts[topic] = counts.get(topic, 0) + 1
+    counts = Counter(_WORD_TO_TOPIC[w] for w in _WORD_RE.findall(text.lower()) if w in _WORD_TO_TOPIC)
     if not counts:
         return None
-    return max(TOPIC_NAMES, key=lambda t: counts.get(t, 0))
+    return max(TOPIC_NAMES, key=lambda t: counts[t])
 
 
 def marker_score(text: str) -> int:
@@ -331,12 +327,6 @@ def planted_components(record: Mapping[str, Any], parent_created_utc: int | str,
         latent_mean = LATENT_BIAS + W_TOPIC * on_topic + W_MARKER * markers + W_EARLY * bonus + offset
     return {"topic": topic, "on_topic": on_topic, "marker_score": markers, "delay_seconds": delay,
             "early_bonus": bonus, "subreddit_offset": offset, "latent_mean": latent_mean}
-
-
-def month_name(month_index: int) -> str:
-    """'YYYY-MM' of the month_index-th month after START_YEAR-START_MONTH (0 -> '2015-01')."""
-    year, month = _year_month(month_index)
-    return f"{year:04d}-{month:02d}"
 
 
 def planted_description(subreddits: Sequence[str] | None = None) -> dict[str, Any]:
@@ -441,14 +431,6 @@ _FLAG_STRING_CREATED, _FLAG_NO_NAME, _FLAG_DANGLING, _FLAG_DUPLICATE, _FLAG_MALF
     1, 2, 4, 8, 16, 32)
 
 
-def _base36(n: int) -> str:
-    out = []
-    while n:
-        n, r = divmod(n, 36)
-        out.append(_B36[r])
-    return "".join(reversed(out)) or "0"
-
-
 def _base36_block(start: int, count: int, width: int) -> list[str]:
     """base36 of start..start+count-1, all exactly `width` digits (vectorized: ids are a hot path)."""
     values = start + np.arange(count, dtype=np.int64)
@@ -460,18 +442,9 @@ def _base36_block(start: int, count: int, width: int) -> list[str]:
 
 
 def _year_month(month_index: int) -> tuple[int, int]:
+    """(year, month) of the month_index-th month after START_YEAR-START_MONTH (0 -> (2015, 1))."""
     total = START_YEAR * 12 + (START_MONTH - 1) + month_index
     return total // 12, total % 12 + 1
-
-
-def _month_start(month_index: int) -> int:
-    year, month = _year_month(month_index)
-    return calendar.timegm((year, month, 1, 0, 0, 0))
-
-
-def _subreddit_id(name: str) -> str:
-    # crc32, not hash(): hash() is salted per process and would break byte-identical output.
-    return "t5_" + _base36(36**4 + zlib.crc32(name.lower().encode()) % (35 * 36**4))
 
 
 def _check_vocabulary() -> None:
@@ -501,34 +474,27 @@ if not all(re.fullmatch(r"[A-Za-z0-9_\-\[\]]+", a) for a in BOT_AUTHORS + ("[del
     raise RuntimeError("author names must not need JSON escaping")
 
 
+def _drawn_in_blocks(draw: Callable[[], np.ndarray]) -> Iterator[float]:
+    """The values of draw(), block after block; the next block is drawn only when one is needed."""
+    while True:
+        yield from draw().tolist()
+
+
 class _RandomStream:
     """Scalar uniforms/normals served from pre-drawn numpy blocks (a numpy call per scalar costs ~2 us)."""
 
     def __init__(self, rng: np.random.Generator) -> None:
-        self._rng = rng
-        self._uniforms: list[float] = []
-        self._u_pos = 0
-        self._normals: list[float] = []
-        self._n_pos = 0
+        self._uniforms = _drawn_in_blocks(functools.partial(rng.random, _UNIFORM_BLOCK))
+        self._normals = _drawn_in_blocks(functools.partial(rng.standard_normal, _UNIFORM_BLOCK // 4))
 
     def uniform(self) -> float:
-        pos = self._u_pos
-        if pos == len(self._uniforms):
-            self._uniforms = self._rng.random(_UNIFORM_BLOCK).tolist()
-            pos = 0
-        self._u_pos = pos + 1
-        return self._uniforms[pos]
+        return next(self._uniforms)
 
     def integer(self, n: int) -> int:
         return int(self.uniform() * n)
 
     def normal(self) -> float:
-        pos = self._n_pos
-        if pos == len(self._normals):
-            self._normals = self._rng.standard_normal(_UNIFORM_BLOCK // 4).tolist()
-            pos = 0
-        self._n_pos = pos + 1
-        return self._normals[pos]
+        return next(self._normals)
 
 
 @dataclass
@@ -549,36 +515,25 @@ class _ThreadPlan:
 
 class _CompressionThread:
     """Runs zstd compression and file writes beside the generator (zstandard releases the GIL while it
-    compresses, so on a multi-core machine compression mostly overlaps generation). The queue is bounded:
-    at most a few batches of lines are in flight, so memory stays flat."""
+    compresses, so on a multi-core machine compression mostly overlaps generation). At most a few batches
+    of lines are in flight, so memory stays flat; a failed write raises in the generator thread, from a
+    later submit() or from finish()."""
 
     def __init__(self) -> None:
-        self._tasks: queue.Queue = queue.Queue(maxsize=4)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="synth-zstd", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while True:
-            task = self._tasks.get()
-            if task is None:
-                return
-            if self._error is None:  # after a failure keep draining, so submit() never blocks forever
-                try:
-                    task[0](*task[1:])
-                except BaseException as exc:  # re-raised in the generator thread by submit()/finish()
-                    self._error = exc
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-zstd")
+        self._in_flight: deque[Future] = deque()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        if self._error is not None:
-            raise self._error
-        self._tasks.put((fn, *args))
+        if len(self._in_flight) >= 4:
+            self._in_flight.popleft().result()
+        self._in_flight.append(self._pool.submit(fn, *args))
 
     def finish(self) -> None:
-        self._tasks.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+        try:
+            while self._in_flight:
+                self._in_flight.popleft().result()
+        finally:
+            self._pool.shutdown()
 
 
 class _MonthSink:
@@ -586,43 +541,38 @@ class _MonthSink:
 
     def __init__(self, output_dir: Path, month_index: int, worker: _CompressionThread) -> None:
         self._worker = worker
-        name = month_name(month_index)
-        self.rc_path = output_dir / f"RC_{name}.zst"
-        self.rs_path = output_dir / f"RS_{name}.zst"
-        self._rc_fh, self._rc = self._open(self.rc_path)
-        self._rs_fh, self._rs = self._open(self.rs_path)
+        year, month = _year_month(month_index)
+        self.rc_path = output_dir / f"RC_{year:04d}-{month:02d}.zst"
+        self.rs_path = output_dir / f"RS_{year:04d}-{month:02d}.zst"
+        self._rc = self._open(self.rc_path)
+        self._rs = self._open(self.rs_path)
         self.rc_lines: list[bytes] = []
         self.rs_lines: list[bytes] = []
 
     @staticmethod
-    def _open(path: Path) -> tuple[BinaryIO, Any]:
+    def _open(path: Path) -> Any:
         params = zstandard.ZstdCompressionParameters.from_level(3, window_log=ZSTD_WINDOW_LOG)
-        fh = open(path, "wb")
         # Size unknown -> the frame header declares the full 2 GiB window, like the real dumps. (A pledged
         # size would let zstd shrink the window and default decoders would accept the file.)
-        return fh, zstandard.ZstdCompressor(compression_params=params).stream_writer(fh, closefd=False)
+        return zstandard.ZstdCompressor(compression_params=params).stream_writer(open(path, "wb"))
 
     def maybe_flush(self) -> None:
-        if len(self.rc_lines) >= _FLUSH_LINES:
-            self._worker.submit(self._rc.write, b"".join(self.rc_lines))
-            self.rc_lines.clear()
-        if len(self.rs_lines) >= _FLUSH_LINES:
-            self._worker.submit(self._rs.write, b"".join(self.rs_lines))
-            self.rs_lines.clear()
+        for writer, lines in ((self._rc, self.rc_lines), (self._rs, self.rs_lines)):
+            if len(lines) >= _FLUSH_LINES:
+                self._worker.submit(writer.write, b"".join(lines))
+                lines.clear()
 
     def close(self) -> None:
-        for writer, fh, lines in ((self._rc, self._rc_fh, self.rc_lines), (self._rs, self._rs_fh, self.rs_lines)):
-            self._worker.submit(self._finish_file, writer, fh, b"".join(lines))
+        for writer, lines in ((self._rc, self.rc_lines), (self._rs, self.rs_lines)):
+            self._worker.submit(self._finish_file, writer, b"".join(lines))
             lines.clear()
 
     @staticmethod
-    def _finish_file(writer: Any, fh: BinaryIO, tail: bytes) -> None:
+    def _finish_file(writer: Any, tail: bytes) -> None:
         if tail:
             writer.write(tail)
         writer.flush(zstandard.FLUSH_FRAME)
-        writer.close()
-        fh.close()
-
+        writer.close()  # closes the file too
 
 
 class _CorpusGenerator:
@@ -641,11 +591,13 @@ class _CorpusGenerator:
         self.n_months = n_months
         self.subreddits = subreddits
         self.sub_offsets = np.array([subreddit_offsets(subreddits)[s] for s in subreddits])
-        self.sub_ids = [_subreddit_id(s) for s in subreddits]
+        # crc32, not hash(): hash() is salted per process and would break byte-identical output.
+        self.sub_ids = ["t5_" + np.base_repr(36**4 + zlib.crc32(s.lower().encode()) % (35 * 36**4), 36).lower()
+                        for s in subreddits]
         self.sub_json = [orjson.dumps(s).decode() for s in subreddits]  # user-given names may need escaping
         self.rng = np.random.default_rng(np.random.PCG64(seed))
         self.rand = _RandomStream(self.rng)
-        self.month_starts = [_month_start(m) for m in range(n_months + 1)]
+        self.month_starts = [calendar.timegm((*_year_month(m), 1, 0, 0, 0)) for m in range(n_months + 1)]
         self.window_end = self.month_starts[-1]
 
         self.snippets = self._make_snippets()
@@ -690,11 +642,8 @@ class _CorpusGenerator:
         lengths = self.rng.integers(2, 10, _N_SNIPPETS).tolist()
         words = self.rng.integers(0, len(FILLER_WORDS), (_N_SNIPPETS, 10)).tolist()
         commas = (self.rng.random(_N_SNIPPETS) < 0.2).tolist()
-        out = []
-        for n, row, comma in zip(lengths, words, commas):
-            text = " ".join(FILLER_WORDS[i] for i in row[:n])
-            out.append(text + "," if comma else text)
-        return out
+        return [" ".join(FILLER_WORDS[i] for i in row[:n]) + ("," if comma else "")
+                for n, row, comma in zip(lengths, words, commas)]
 
     def _make_heads(self, words: tuple[str, ...]) -> list[str]:
         # A body is a pre-rendered topical head plus a pre-rendered neutral tail: one concatenation per
@@ -710,13 +659,9 @@ class _CorpusGenerator:
         out = []
         for h, (ns, nw, slot, row, wrow) in enumerate(zip(n_snippets, n_words, keyword_slot, picks, word_picks)):
             wrow[slot] = h // _HEADS_PER_KEYWORD
-            parts = []
-            for j in range(max(ns, nw)):
-                if j < ns:
-                    parts.append(self.snippets[row[j]])
-                if j < nw:
-                    parts.append(words[wrow[j]])
-            text = " ".join(parts).rstrip(",")
+            # snippet, topic word, snippet, topic word, ... until both run out
+            parts = itertools.zip_longest([self.snippets[i] for i in row[:ns]], [words[i] for i in wrow[:nw]])
+            text = " ".join(part for pair in parts for part in pair if part is not None).rstrip(",")
             out.append(text[:1].upper() + text[1:] + ".")
         return out
 
@@ -729,10 +674,8 @@ class _CorpusGenerator:
             if is_empty or n == 0:
                 out.append("")
                 continue
-            sentences = []
-            for j in range(n):
-                text = self.snippets[row[j]].rstrip(",")
-                sentences.append(text[:1].upper() + text[1:] + ".")
+            snippets = (self.snippets[i].rstrip(",") for i in row[:n])
+            sentences = [text[:1].upper() + text[1:] + "." for text in snippets]
             # longer comments get a paragraph break, as real ones do
             out.append(("\n\n" if n >= 3 else " ") + " ".join(sentences))
         return out
@@ -756,9 +699,6 @@ class _CorpusGenerator:
 
     # ---- ids and routing -------------------------------------------------------------------------
 
-    def _new_comment_id(self) -> str:
-        return self._take_ids(1)[0]
-
     def _take_ids(self, n: int) -> list[str]:
         if self._id_pos + n > len(self._id_list):
             # ids are sequential base-36; the unused tail of a block is skipped (ids need not be dense)
@@ -772,10 +712,7 @@ class _CorpusGenerator:
 
     def _new_submission_id(self) -> str:
         self._next_submission_id += 1
-        return _base36(self._next_submission_id)
-
-    def _month_of(self, ts: int) -> int:
-        return bisect.bisect_right(self.month_starts, ts) - 1
+        return np.base_repr(self._next_submission_id, 36).lower()
 
     def _route_comment_line(self, month: int, line: bytes) -> None:
         if month == self.current_month:
@@ -793,7 +730,15 @@ class _CorpusGenerator:
         finally:
             worker.finish()
         self.spill.clear()  # nothing can be created after the last month (descendants are later still)
-        return self._summary()
+        c, cat = self.counts, self.category_counts
+        return SynthSummary(
+            comments_written=self.lines, submissions_written=c["submissions"], files=tuple(self.files),
+            malformed_lines=c["malformed"], invalid_utf8_lines=c["invalid_utf8"],
+            deleted_bodies=cat[_CAT_DELETED], removed_bodies=cat[_CAT_REMOVED], bot_comments=cat[_CAT_BOT],
+            moderator_comments=cat[_CAT_MOD], empty_bodies=cat[_CAT_EMPTY], overlong_bodies=cat[_CAT_OVERLONG],
+            unsettled_scores=cat[_CAT_UNSETTLED], duplicate_lines=c["duplicate"], dangling_parents=c["dangling"],
+            string_created_utc=c["string_created"], missing_name=c["missing_name"],
+            clean_comments=cat[_CAT_CLEAN], seed=self.seed)
 
     def _run_month(self, month: int, worker: _CompressionThread) -> None:
         self.current_month = month
@@ -808,17 +753,6 @@ class _CorpusGenerator:
             self.sink.maybe_flush()
         self.sink.close()
         self.sink = None
-
-    def _summary(self) -> SynthSummary:
-        c, cat = self.counts, self.category_counts
-        return SynthSummary(
-            comments_written=self.lines, submissions_written=c["submissions"], files=tuple(self.files),
-            malformed_lines=c["malformed"], invalid_utf8_lines=c["invalid_utf8"],
-            deleted_bodies=cat[_CAT_DELETED], removed_bodies=cat[_CAT_REMOVED], bot_comments=cat[_CAT_BOT],
-            moderator_comments=cat[_CAT_MOD], empty_bodies=cat[_CAT_EMPTY], overlong_bodies=cat[_CAT_OVERLONG],
-            unsettled_scores=cat[_CAT_UNSETTLED], duplicate_lines=c["duplicate"], dangling_parents=c["dangling"],
-            string_created_utc=c["string_created"], missing_name=c["missing_name"],
-            clean_comments=cat[_CAT_CLEAN], seed=self.seed)
 
     # ---- submissions -----------------------------------------------------------------------------
 
@@ -871,7 +805,6 @@ class _CorpusGenerator:
         want = min(_BATCH_COMMENTS, target - self.lines)
         plan = _ThreadPlan([], [], [], [], [], [], [], [], [], [])
         planned = 0
-        topic_load = self.topic_load
         while planned < want:
             n = min(1 + int(math.exp(2.3 + 1.25 * rand.normal())), self.max_thread_comments)  # heavy-tailed
             # Threads are spread over the month in proportion to the budget consumed, so lines come out in
@@ -885,19 +818,11 @@ class _CorpusGenerator:
             # comment-weighted topic mix keeps P(on-topic | reply topic) = P_ON_TOPIC for every topic on a
             # finite corpus too; with uniform random topics a few huge threads would let the reply's own
             # topic leak whether it is on-topic.
-            least = min(topic_load)
-            candidates = [t for t, load in enumerate(topic_load) if load == least]
-            topic = candidates[rand.integer(len(candidates))]
-            topic_load[topic] += n
+            topic = self._least_loaded(self.topic_load, n)
             plan.topics.append(topic)
             # The thread's keyword (in its title; every on-topic reply reuses it), balanced the same way
             # inside the topic, so a reply's keyword does not tell whether it is on-topic either.
-            loads = self.keyword_load[topic]
-            least = min(loads)
-            candidates = [w for w, load in enumerate(loads) if load == least]
-            keyword = candidates[rand.integer(len(candidates))]
-            loads[keyword] += n
-            plan.keywords.append(keyword)
+            plan.keywords.append(self._least_loaded(self.keyword_load[topic], n))
             plan.subs.append(rand.integer(len(self.subreddits)))
             plan.op_idx.append(rand.integer(len(self.authors)))
             plan.p_top.append(0.25 + 0.35 * rand.uniform())  # share of top-level comments varies by thread
@@ -906,6 +831,14 @@ class _CorpusGenerator:
             plan.missing.append(rand.uniform() < RATE_MISSING_SUBMISSION)
             planned += n
         return plan
+
+    def _least_loaded(self, loads: list[int], n: int) -> int:
+        """A random one of the entries with the smallest load (ties), which then carries `n` more."""
+        least = min(loads)
+        candidates = [k for k, load in enumerate(loads) if load == least]
+        k = candidates[self.rand.integer(len(candidates))]
+        loads[k] += n
+        return k
 
     def _comment_columns(self, plan: _ThreadPlan) -> list[list]:
         """Per-comment columns for all threads of the plan (vectorized; see the unpacking in _emit_threads)."""
@@ -1036,7 +969,7 @@ class _CorpusGenerator:
                 edited_json = "false"
                 if flags:  # rare events (~10 % of comments): kept off the common path
                     if flags & _FLAG_DANGLING:
-                        parent_id = "t1_" + self._new_comment_id()  # parent never archived: no line has this id
+                        parent_id = "t1_" + self._take_ids(1)[0]  # parent never archived: no line has this id
                         counts["dangling"] += 1
                     if flags & _FLAG_EDITED and cat != cat_unsettled:
                         edited_json = min(created + 60 + int((u_rare - RATE_MALFORMED) / RATE_EDITED * 7200),
@@ -1064,7 +997,7 @@ class _CorpusGenerator:
                     month = current_month
                     rc_lines.append(line)
                 else:  # a late reply in a thread that started last month: goes to that later month's file
-                    month = self._month_of(created)
+                    month = bisect.bisect_right(self.month_starts, created) - 1
                     self._route_comment_line(month, line)
                 lines += 1
 
@@ -1144,7 +1077,7 @@ class _CorpusGenerator:
         self.counts["malformed"] += 1
         # an extra record (fresh id, nothing replies to it), as if the scraper had choked on it
         record = {"author": "[deleted]", "body": "partial record lost in the scrape", "created_utc": created,
-                  "id": self._new_comment_id(), "link_id": link_id, "parent_id": link_id, "score": 1,
+                  "id": self._take_ids(1)[0], "link_id": link_id, "parent_id": link_id, "score": 1,
                   "subreddit": subreddit, "subreddit_id": sub_id}
         if not self.month_has_invalid_utf8[month] or u < 0.15:
             self.month_has_invalid_utf8[month] = True
@@ -1187,10 +1120,7 @@ def write_synthetic_corpus(output_dir: str | Path, n_comments: int, seed: int = 
     out.mkdir(parents=True, exist_ok=True)
     generator = _CorpusGenerator(out, n_comments, seed, months, subs)
     summary = generator.run()
-    report = summary.to_dict()
-    report["n_months"] = months
-    report["subreddits"] = list(subs)
-    report["planted"] = planted_description(subs)
-    report["ground_truth"] = generator.truth
+    report = {**summary.to_dict(), "n_months": months, "subreddits": list(subs), "planted": planted_description(subs),
+              "ground_truth": generator.truth}
     (out / "synth_summary.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     return summary

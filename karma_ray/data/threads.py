@@ -17,6 +17,8 @@ Dropped comments still serve as context for their replies (what the readers saw)
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +29,7 @@ import pyarrow.compute as pc
 from karma_ray.config import PrepareConfig
 from karma_ray.data.format import OP_ROLE, USER_ROLE, render_context, truncate
 from karma_ray.data.labels import percentile_ranks, prefers, split_for_thread
-from karma_ray.data.records import COMMENT, MALFORMED_LINK_PREFIX, SUBMISSION
+from karma_ray.data.records import COMMENT, MALFORMED_LINK_PREFIX, SUBMISSION, arrow_table
 
 # Pairs are searched among at most this many siblings per parent (the earliest by time): the
 # search is quadratic and a few megathreads would otherwise dominate the run.
@@ -114,25 +116,6 @@ class BuiltRows:
         return pa.concat_tables(parts.values()) if parts else schema.empty_table()
 
 
-# Example columns computed per thread (the rest are taken from the record table by index, or
-# computed vectorized in `_Rows.table`).
-_EXAMPLE_COMPUTED = (
-    "split",
-    "context",
-    "context_depth",
-    "depth",
-    "chain_complete",
-    "submission_found",
-    "reply_is_op",
-    "sibling_percentile",
-    "thread_percentile",
-    "seconds_since_parent",
-    "seconds_since_submission",
-    "parent_score",
-    "num_siblings",
-    "sibling_rank_by_time",
-    "thread_comments",
-)
 # example column <- record column, copied by index
 _EXAMPLE_TAKEN = {
     "id": "id",
@@ -144,20 +127,11 @@ _EXAMPLE_TAKEN = {
     "score": "score",
     "created_utc": "created_utc",
 }
-
-
-def _arrow_table(schema: pa.Schema, columns: dict[str, Any], n: int) -> pa.Table:
-    """Columns (Arrow arrays or Python lists; missing ones null) -> a table of `schema`."""
-    arrays = []
-    for f in schema:
-        value = columns.get(f.name)
-        if value is None:
-            arrays.append(pa.nulls(n, f.type))
-        elif isinstance(value, (pa.Array, pa.ChunkedArray)):
-            arrays.append(value if value.type == f.type else value.cast(f.type))
-        else:
-            arrays.append(pa.array(value, f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+# Example columns computed per thread, in EXAMPLE_FIELDS order (the order of the values `_build_thread`
+# passes): all but those taken from the record table and those computed vectorized in `_Rows._examples`.
+_EXAMPLE_COMPUTED = tuple(
+    n for n, _ in EXAMPLE_FIELDS if n not in _EXAMPLE_TAKEN and n not in ("name", "log_score", "hour", "weekday")
+)
 
 
 class _Rows:
@@ -208,17 +182,16 @@ class _Rows:
         score = pc.cast(columns["score"], pa.float64())
         created = columns["created_utc"]
         columns["name"] = pc.binary_join_element_wise("t1_", columns["id"], "")
-        columns["log_score"] = pc.multiply(pc.sign(score), pc.log1p(pc.abs(score)))  # labels.signed_log1p
+        columns["log_score"] = pc.multiply(pc.sign(score), pc.log1p(pc.abs(score)))  # sign(s) * log(1 + |s|)
         # 1970-01-01 was a Thursday (weekday 3 with Monday = 0); floor division for dates before 1970
         days = pc.floor(pc.divide(pc.cast(created, pa.float64()), 86400.0))
         columns["weekday"] = pc.cast(pc.subtract(pc.add(days, 3.0), pc.multiply(pc.floor(pc.divide(pc.add(days, 3.0), 7.0)), 7.0)), pa.int32())
         seconds_in_day = pc.subtract(pc.cast(created, pa.float64()), pc.multiply(days, 86400.0))
         columns["hour"] = pc.cast(pc.floor(pc.divide(seconds_in_day, 3600.0)), pa.int32())
-        return _arrow_table(EXAMPLE_SCHEMA, columns, len(index))
+        return arrow_table(EXAMPLE_SCHEMA, columns, len(index))
 
     def _pairs(self, index: list[tuple[int, int]], computed: list[tuple]) -> pa.Table:
-        chosen = [a for a, _ in index]
-        rejected = [b for _, b in index]
+        chosen, rejected = map(list, zip(*index))
         parent, split, context, context_depth = map(list, zip(*computed))
         chosen_id, rejected_id = self._take(chosen, "id"), self._take(rejected, "id")
         columns = {
@@ -238,7 +211,7 @@ class _Rows:
             "chosen_created_utc": self._take(chosen, "created_utc"),
             "rejected_created_utc": self._take(rejected, "created_utc"),
         }
-        return _arrow_table(PAIR_SCHEMA, columns, len(index))
+        return arrow_table(PAIR_SCHEMA, columns, len(index))
 
     def _ledger(self) -> pa.Table:
         parts = []
@@ -248,21 +221,11 @@ class _Rows:
             outcome, split = map(list, zip(*self.ledger_values))
             malformed = pc.starts_with(kind, "malformed")
             detail = pc.if_else(malformed, self._take(self.ledger_index, "text"), pa.nulls(n, pa.string()))
-            columns = {
-                "record_kind": kind,
-                "id": self._take(self.ledger_index, "id"),
-                "link_id": self._take(self.ledger_index, "link_id"),
-                "subreddit": self._take(self.ledger_index, "subreddit"),
-                "split": split,
-                "outcome": outcome,
-                "source": self._take(self.ledger_index, "source"),
-                "detail": detail,
-            }
-            parts.append(_arrow_table(LEDGER_SCHEMA, columns, n))
-        if self.thread_rows:
-            columns = {name: [row.get(name) for row in self.thread_rows] for name in LEDGER_SCHEMA.names}
-            parts.append(_arrow_table(LEDGER_SCHEMA, columns, len(self.thread_rows)))
-        return pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
+            columns = {c: self._take(self.ledger_index, c) for c in ("id", "link_id", "subreddit", "source")}
+            columns.update(record_kind=kind, split=split, outcome=outcome, detail=detail)
+            parts.append(arrow_table(LEDGER_SCHEMA, columns, n))
+        parts.append(pa.Table.from_pylist(self.thread_rows, schema=LEDGER_SCHEMA))
+        return pa.concat_tables(parts)
 
 
 # Record columns the per-thread logic reads as Python values (texts only for contexts).
@@ -276,19 +239,13 @@ def build_block(records: pa.Table, cfg: PrepareConfig) -> BuiltRows:
     records = records.sort_by([("link_id", "ascending")])
     out = _Rows(records)
     cols = {name: records[name].to_pylist() for name in _LOGIC_COLUMNS}
-    links = cols["link_id"]
-    start = 0
-    n = len(links)
-    while start < n:
-        end = start
-        while end + 1 < n and links[end + 1] == links[start]:
-            end += 1
-        if links[start].startswith(MALFORMED_LINK_PREFIX):
-            for i in range(start, end + 1):
+    for link, thread in itertools.groupby(range(records.num_rows), key=cols["link_id"].__getitem__):
+        rows = list(thread)
+        if link.startswith(MALFORMED_LINK_PREFIX):
+            for i in rows:
                 out.ledger(i, cols["drop_reason"][i], None)
         else:
-            _build_thread(cols, list(range(start, end + 1)), cfg, out)
-        start = end + 1
+            _build_thread(cols, rows, cfg, out)
     return out.built()
 
 
@@ -302,9 +259,7 @@ def _dedup(cols: dict, rows: list[int], out: _Rows, split: str) -> list[int]:
             best[rid] = i
             continue
         ri, rj = cols["retrieved_on"][i] or -1, cols["retrieved_on"][j] or -1
-        loser = j if ri > rj else i
-        if ri > rj:
-            best[rid] = i
+        best[rid], loser = (i, j) if ri > rj else (j, i)
         out.ledger(loser, "duplicate", split)
     return sorted(best.values())
 
@@ -329,89 +284,65 @@ def _build_thread(cols: dict, rows: list[int], cfg: PrepareConfig, out: _Rows) -
     # Depth and chain completeness, memoized along parent links (iterative: threads can be deep).
     depth: dict[int, int] = {}
     complete: dict[int, bool] = {}
-    dangling = 0
     for i in comments:
         if i in depth:
             continue
         stack = [i]
         while stack:
             k = stack[-1]
-            p = parents[k]
-            if not p.startswith("t1_"):
-                depth[k], complete[k] = 0, True
-                stack.pop()
+            j = by_fullname.get(parents[k])
+            if j is not None and j not in depth and j not in stack:
+                stack.append(j)  # the parent first
                 continue
-            j = by_fullname.get(p)
-            if j is None:
+            stack.pop()
+            if not parents[k].startswith("t1_"):
+                depth[k], complete[k] = 0, True
+            elif j is None:
                 depth[k], complete[k] = 1, False
-                stack.pop()
             elif j in depth:
                 depth[k], complete[k] = depth[j] + 1, complete[j]
-                stack.pop()
-            elif j in stack:  # a parent cycle (corrupt data): cut it here
+            else:  # j is on the stack: a parent cycle (corrupt data), cut here
                 depth[k], complete[k] = 0, False
-                stack.pop()
-            else:
-                stack.append(j)
-    for i in comments:
-        p = parents[i]
-        if p.startswith("t1_") and p not in by_fullname:
-            dangling += 1
+    dangling = sum(1 for i in comments if parents[i].startswith("t1_") and parents[i] not in by_fullname)
 
     siblings: dict[str, list[int]] = defaultdict(list)
     for i in comments:
         siblings[parents[i]].append(i)
     rank_by_time: dict[int, int] = {}
     for group in siblings.values():
-        if len(group) == 1:
-            rank_by_time[group[0]] = 0
-            continue
-        group.sort(key=lambda i: (created[i], ids[i]))
-        for r, i in enumerate(group):
-            rank_by_time[i] = r
+        rank_by_time.update((i, r) for r, i in enumerate(sorted(group, key=lambda i: (created[i], ids[i]))))
 
-    kept = []
+    kept = [i for i in comments if drop[i] is None]
     for i in comments:
-        if drop[i] is None:
-            kept.append(i)
-        else:
+        if drop[i] is not None:
             out.ledger(i, drop[i], split)
 
-    thread_pct = dict(zip(kept, percentile_ranks([scores[i] for i in kept]))) if kept else {}
+    thread_pct = dict(zip(kept, percentile_ranks([scores[i] for i in kept])))
     kept_siblings: dict[str, list[int]] = defaultdict(list)
     for i in kept:
         kept_siblings[parents[i]].append(i)
     sibling_pct: dict[int, float] = {}
     for group in kept_siblings.values():
-        if len(group) == 1:
-            sibling_pct[group[0]] = 0.5
-        else:
-            sibling_pct.update(zip(group, percentile_ranks([scores[i] for i in group])))
+        sibling_pct.update(zip(group, percentile_ranks([scores[i] for i in group])))
 
     include_sub = sub is not None and cfg.threads.include_submission
     title = cols["title"][sub] if include_sub else None
     selftext = truncate(texts[sub], cfg.threads.max_submission_chars) if include_sub else None
     max_turns, max_chars = cfg.threads.max_context_turns, cfg.threads.max_context_chars
-    context_cache: dict[str, tuple[str, int]] = {}
 
+    @functools.cache
     def context_for(parent: str) -> tuple[str, int]:
         """Rendered context of a reply to `parent` (shared by all its siblings) and its turn count."""
-        hit = context_cache.get(parent)
-        if hit is not None:
-            return hit
         turns: list[tuple[str, str]] = []
         j = by_fullname.get(parent)
         while j is not None and len(turns) < max_turns:
             turns.append((OP_ROLE if op_author is not None and authors[j] == op_author else USER_ROLE, texts[j]))
             j = by_fullname.get(parents[j])
         turns.reverse()
-        result = (render_context(title, selftext, turns, max_chars), len(turns))
-        context_cache[parent] = result
-        return result
+        return render_context(title, selftext, turns, max_chars), len(turns)
 
     n_comments = len(comments)
-    sub_created = created[sub] if sub is not None else None
-    sub_score = scores[sub] if sub is not None else None
+    sub_created, sub_score = (created[sub], scores[sub]) if sub is not None else (None, None)
     for i in kept:
         parent = parents[i]
         context, context_depth = context_for(parent)
@@ -430,17 +361,17 @@ def _build_thread(cols: dict, rows: list[int], cfg: PrepareConfig, out: _Rows) -
                 context,
                 context_depth,
                 depth[i],
-                complete[i],
-                sub is not None,
-                op_author is not None and authors[i] == op_author,
+                complete[i],  # chain_complete
+                sub is not None,  # submission_found
+                op_author is not None and authors[i] == op_author,  # reply_is_op
                 sibling_pct[i],
                 thread_pct[i],
-                created[i] - parent_created if parent_created is not None else None,
-                created[i] - sub_created if sub_created is not None else None,
+                created[i] - parent_created if parent_created is not None else None,  # seconds_since_parent
+                created[i] - sub_created if sub_created is not None else None,  # seconds_since_submission
                 parent_score,
-                len(siblings[parent]) - 1,
+                len(siblings[parent]) - 1,  # num_siblings
                 rank_by_time[i],
-                n_comments,
+                n_comments,  # thread_comments
             ),
         )
 

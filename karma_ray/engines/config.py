@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from karma_ray.config import ConfigError, option
+from karma_ray.config import ConfigError, at_least, option
 
 
 @dataclass(frozen=True)
@@ -43,5 +43,4 @@ class RolloutConfig:
             raise ConfigError("temperature must be >= 0 (0: greedy), top_p in (0, 1], top_k >= 0")
         if self.sync_bucket_mib < 1 or self.sync_timeout_s <= 0:
             raise ConfigError("sync_bucket_mib must be >= 1 and sync_timeout_s > 0")
-        if self.max_num_seqs < 1:
-            raise ConfigError("max_num_seqs must be >= 1")
+        at_least("max_num_seqs", self.max_num_seqs, 1)

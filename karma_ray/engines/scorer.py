@@ -13,8 +13,8 @@ from typing import Sequence
 
 import torch
 
-from karma_ray.engines.forward import causal_lm_forward, disable_dropout, resolve_device, resolve_dtype, row_chunks, select_rows, sequences_to
-from karma_ray.types import SequenceBatch, response_logprobs
+from karma_ray.engines.forward import batch_logprobs, disable_dropout, left_pad, resolve_device, resolve_dtype
+from karma_ray.types import SequenceBatch
 
 
 class LogprobScorer:
@@ -22,8 +22,6 @@ class LogprobScorer:
                  trust_remote_code: bool = False, num_threads: int | None = None) -> None:
         from karma_ray.models.hf import load_causal_lm
 
-        if micro_batch_size < 1:
-            raise ValueError("micro_batch_size must be >= 1")
         if num_threads:
             # As many threads as the actor's CPUs: more OpenMP threads than free cores spin-wait.
             torch.set_num_threads(num_threads)
@@ -39,14 +37,9 @@ class LogprobScorer:
     def ready(self) -> bool:
         return True
 
-    @torch.no_grad()
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         """(B, R) logprobs of the response tokens (0 on padding), float32 on CPU."""
-        out = []
-        for index in row_chunks(len(batch), self.micro_batch_size):
-            micro = sequences_to(select_rows(batch, index), self.device)
-            out.append(response_logprobs(causal_lm_forward(self.module, micro), micro).float().cpu())
-        return torch.cat(out)
+        return batch_logprobs(self.module, batch, self.micro_batch_size, self.device)
 
     @torch.no_grad()
     def continuation_logprobs(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_length: int,
@@ -76,13 +69,8 @@ class LogprobScorer:
             size = max(1, min(self.micro_batch_size, max_batch_tokens // max(width, 1)))
             batch = rows[start:start + size]
             start += size
-            B = len(batch)
             K = max(len(c) for _, members in batch for _, c in members)
-            input_ids = torch.zeros((B, width), dtype=torch.long)  # (B, T) left-padded
-            attention_mask = torch.zeros((B, width), dtype=torch.long)  # (B, T)
-            for b, (inputs, _) in enumerate(batch):
-                input_ids[b, width - len(inputs):] = torch.as_tensor(inputs)
-                attention_mask[b, width - len(inputs):] = 1
+            input_ids, attention_mask = left_pad([inputs for inputs, _ in batch], 0)  # (B, T)
             positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
             logits = self.module(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
                                  position_ids=positions.to(self.device), use_cache=False, logits_to_keep=K).logits

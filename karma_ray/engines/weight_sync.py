@@ -22,6 +22,7 @@ Imports torch and safetensors only; ray is imported inside `sync_weights` and th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -71,17 +72,6 @@ class SyncReport:
     def apply_s(self) -> float:
         """The slowest engine's own load time (0 when no engine reported)."""
         return max((e.total_s for e in self.engines), default=0.0)
-
-    def as_metrics(self, prefix: str = "sync/") -> dict[str, float]:
-        out = {
-            f"{prefix}buckets": float(self.num_buckets),
-            f"{prefix}mib": self.bytes / MIB,
-            f"{prefix}gather_s": self.gather_s,
-            f"{prefix}total_s": self.total_s,
-        }
-        if self.engines:
-            out[f"{prefix}engine_apply_s_max"] = self.apply_s
-        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,7 +136,8 @@ def check_update(
     engine disagree on the architecture or the naming (e.g. a DeepSpeed/PEFT prefix), and loading
     anyway would leave the engine sampling from a model the trainer does not have. `ignorable` names
     (e.g. `lm_head.weight` of a tied-embedding model, which the checkpoint does not store) are dropped.
-    A subset of the expected names is a valid partial update: the rest keep their current values.
+    A subset of the expected names is a valid partial update: the rest keep their current values;
+    none of them is a ValueError.
     """
     ignorable = set(ignorable)
     unknown = sorted(n for n in tensors if n not in expected_shapes and n not in ignorable)
@@ -164,6 +155,8 @@ def check_update(
     if bad_shapes:
         raise WeightSyncError(f"{len(bad_shapes)} parameter(s) with the wrong shape: {bad_shapes[:5]}")
     kept = {n: t for n, t in tensors.items() if n in expected_shapes}
+    if not kept:
+        raise ValueError("update_weights got no parameters of this model")
     return kept, sorted(set(tensors) - set(kept))
 
 
@@ -209,39 +202,27 @@ def stage_checkpoint(
         if src.exists():
             shutil.copy2(src, out / name)
 
+    missing_by_file: dict[str, list[str]] = {}
+    for n, (file, _) in (previous or {}).items():
+        if n not in tensors:
+            missing_by_file.setdefault(file, []).append(n)
     carried: dict[str, torch.Tensor] = {}
-    if previous:
-        missing = [n for n in previous if n not in tensors]
-        by_file: dict[str, list[str]] = {}
-        for n in missing:
-            by_file.setdefault(previous[n][0], []).append(n)
-        for path, names in by_file.items():
-            with safe_open(path, framework="pt") as handle:
-                for n in names:
-                    carried[n] = handle.get_tensor(n)
+    for file, names in missing_by_file.items():
+        with safe_open(file, framework="pt") as handle:
+            carried.update({n: handle.get_tensor(n) for n in names})
 
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    shard_size = 0
+    prepared: list[tuple[str, torch.Tensor]] = []
     seen_storage: set[int] = set()
-    total = 0
     for name, tensor in list(tensors.items()) + list(carried.items()):
-        t = tensor.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        if dtype is not None and t.dtype != dtype and t.is_floating_point():
-            t = t.to(dtype)
+        t = tensor.detach().cpu()  # no copy when already on the CPU
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)  # no copy when already in `dtype`
         t = t.contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen_storage:  # tied weights share storage; safetensors refuses shared tensors
+        if t.untyped_storage().data_ptr() in seen_storage:  # tied weights share storage; safetensors refuses shared tensors
             t = t.clone()
         seen_storage.add(t.untyped_storage().data_ptr())
-        n = tensor_bytes(t)
-        if shards[-1] and shard_size + n > shard_bytes:
-            shards.append({})
-            shard_size = 0
-        shards[-1][name] = t
-        shard_size += n
-        total += n
+        prepared.append((name, t))
+    shards = list(iter_buckets(prepared, shard_bytes)) or [{}]  # shards are buckets of `shard_bytes`
 
     index: dict[str, tuple[str, tuple[int, ...]]] = {}
     files = []
@@ -249,9 +230,8 @@ def stage_checkpoint(
         path = out / f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, str(path), metadata={"format": "pt"})
         files.append(str(path))
-        for name, t in shard.items():
-            index[name] = (str(path), tuple(t.shape))
-    return {"bytes": total, "carried": len(carried), "files": files, "index": index}
+        index.update({name: (str(path), tuple(t.shape)) for name, t in shard.items()})
+    return {"bytes": sum(tensor_bytes(t) for _, t in prepared), "carried": len(carried), "files": files, "index": index}
 
 
 def make_staging_dir(prefix: str = "karma_rollout_") -> Path:
@@ -276,7 +256,7 @@ def _process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by someone else
-        return True
+        pass
     return True
 
 
@@ -297,8 +277,6 @@ def sync_weights(source_actor, engines: Sequence, bucket_mib: float, timeout_s: 
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-    if not engines:
-        raise ValueError("sync_weights needs at least one engine")
     start = time.monotonic()
     deadline = start + timeout_s
 
@@ -308,8 +286,7 @@ def sync_weights(source_actor, engines: Sequence, bucket_mib: float, timeout_s: 
     stream = source_actor.weight_buckets.options(num_returns="streaming").remote(bucket_mib)
     refs = []
     while True:
-        remaining = deadline - time.monotonic()
-        ready, _ = ray.wait([stream], num_returns=1, timeout=max(remaining, 0.0))
+        ready, _ = ray.wait([stream], num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
         if not ready:
             raise WeightSyncError(
                 f"weight sync timed out after {elapsed():.1f}s (timeout {timeout_s}s) while the source streamed "
@@ -326,38 +303,33 @@ def sync_weights(source_actor, engines: Sequence, bucket_mib: float, timeout_s: 
         raise WeightSyncError("the weight source streamed no buckets (an empty model?)")
 
     pending = {engine.update_weights.remote(*refs): i for i, engine in enumerate(engines)}
-    remaining = max(deadline - time.monotonic(), 0.0)
-    ready, not_ready = ray.wait(list(pending), num_returns=len(pending), timeout=remaining)
+    _, not_ready = ray.wait(list(pending), num_returns=len(pending), timeout=max(deadline - time.monotonic(), 0.0))
     if not_ready:
         late = sorted(pending[r] for r in not_ready)
         for r in not_ready:  # a queued call should not run later and load stale weights
-            try:
+            with contextlib.suppress(Exception):  # best effort; the error below is what matters
                 ray.cancel(r)
-            except Exception:  # noqa: BLE001 - best effort; the error below is what matters
-                pass
         raise WeightSyncError(
             f"weight sync timed out after {elapsed():.1f}s (timeout {timeout_s}s): engine(s) {late} of "
             f"{len(engines)} did not finish loading {len(refs)} bucket(s) of {bucket_mib} MiB "
             f"(the source streamed them in {gather_s:.1f}s); those engines are in an unknown state: replace them"
         )
-    reports: list[Optional[EngineUpdate]] = [None] * len(engines)
-    for ref in ready:
-        i = pending[ref]
+    reports = []
+    for ref, i in pending.items():  # all ready, in engine order
         try:
-            reports[i] = ray.get(ref, timeout=max(deadline - time.monotonic(), 1.0))
+            reports.append(ray.get(ref, timeout=max(deadline - time.monotonic(), 1.0)))
         except (RayActorError, RayTaskError, GetTimeoutError) as err:
             raise WeightSyncError(
                 f"engine {i} of {len(engines)} failed to load {len(refs)} bucket(s) after {elapsed():.1f}s: "
-                f"{type(err).__name__}: {_first_line(err)}"
+                f"{type(err).__name__}: {_last_line(err)}"
             ) from err
     return SyncReport(
-        num_buckets=len(refs), bucket_mib=float(bucket_mib), gather_s=gather_s, total_s=elapsed(), engines=list(reports)
+        num_buckets=len(refs), bucket_mib=float(bucket_mib), gather_s=gather_s, total_s=elapsed(), engines=reports
     )
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+def _last_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
     # A RayTaskError's text is a traceback; its last line names the original error.
     return lines[-1] if lines else type(err).__name__
 
@@ -408,28 +380,13 @@ class CheckpointWeightSource:
 
     @torch.no_grad()
     def response_logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        from karma_ray.engines.forward import causal_lm_forward
         from karma_ray.types import pack_sequences, response_logprobs
 
         batch = pack_sequences(prompt_ids, response_ids, self.pad_id)
-        logits = self.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-        ).logits
-        logp = response_logprobs(logits, batch)  # (B, R)
+        logp = response_logprobs(causal_lm_forward(self.model, batch), batch)  # (B, R)
         return [logp[i, : len(r)].tolist() for i, r in enumerate(response_ids)]
 
     def ping(self) -> bool:
         return True
 
-
-__all__ = [
-    "WeightSyncError",
-    "SyncReport",
-    "iter_buckets",
-    "merge_buckets",
-    "check_update",
-    "checkpoint_tensor_index",
-    "stage_checkpoint",
-    "make_staging_dir",
-    "sync_weights",
-    "CheckpointWeightSource",
-]

@@ -20,7 +20,7 @@ def _dtype(name: Optional[str]):
     import torch
 
     if name in (None, "auto"):
-        return None if name is None else "auto"
+        return name
     try:
         return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                 "float16": torch.float16, "fp16": torch.float16}[name]
@@ -39,25 +39,23 @@ def load_tokenizer(path_or_id: str | os.PathLike, trust_remote_code: bool = Fals
     return tok
 
 
-def load_causal_lm(path_or_id: str | os.PathLike, dtype: Optional[str] = None, trust_remote_code: bool = False, **kwargs: Any):
-    from transformers import AutoModelForCausalLM
+def from_pretrained(auto_class: str, path_or_id: str | os.PathLike, dtype: Optional[str] = None,
+                    trust_remote_code: bool = False, **kwargs: Any):
+    """`transformers.<auto_class>.from_pretrained` with the defaults of the module docstring."""
+    import transformers
 
-    return AutoModelForCausalLM.from_pretrained(
+    return getattr(transformers, auto_class).from_pretrained(
         resolve_model(str(path_or_id)), dtype=_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
     )
+
+
+def load_causal_lm(path_or_id: str | os.PathLike, dtype: Optional[str] = None, trust_remote_code: bool = False, **kwargs: Any):
+    return from_pretrained("AutoModelForCausalLM", path_or_id, dtype, trust_remote_code, **kwargs)
 
 
 def load_backbone(path_or_id: str | os.PathLike, dtype: Optional[str] = None, trust_remote_code: bool = False, **kwargs: Any):
     """The bare transformer (AutoModel: no LM head), for reward and value models."""
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(
-        resolve_model(str(path_or_id)), dtype=_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
-    )
-
-
-def is_local_model_dir(path: str | os.PathLike) -> bool:
-    return Path(path).is_dir() and (Path(path) / "config.json").exists()
+    return from_pretrained("AutoModel", path_or_id, dtype, trust_remote_code, **kwargs)
 
 
 def absolute_if_local(path_or_id: Optional[str]) -> Optional[str]:

@@ -68,8 +68,6 @@ def save_tiny_llama(
     forward with "Unsupported CPU attention configuration"), hence 2 heads of 32 by default;
     models only ever run by transformers may use any head size.
     """
-    import torch
-
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
@@ -85,18 +83,11 @@ def save_tiny_llama(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=tie_word_embeddings,  # True: lm_head IS embed_tokens (SmolLM2, Gemma, Qwen-0.5B)
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save(LlamaForCausalLM, cfg, tokenizer, output_dir, seed)
 
 
 def save_tiny_bert(output_dir: str | os.PathLike, tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, seed: int = 0) -> Path:
     """A random-init BERT-style encoder + tokenizer (a stand-in encoder backbone for reward models)."""
-    import torch
     from transformers import BertConfig, BertModel
 
     cfg = BertConfig(
@@ -108,11 +99,17 @@ def save_tiny_bert(output_dir: str | os.PathLike, tokenizer, hidden_size: int = 
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
     )
+    return _save(BertModel, cfg, tokenizer, output_dir, seed)
+
+
+def _save(model_class, config, tokenizer, output_dir: str | os.PathLike, seed: int) -> Path:
+    """A random-init `model_class(config)` (seeded) and the tokenizer, saved as safetensors into `output_dir`."""
+    import torch
+
     torch.manual_seed(seed)
-    model = BertModel(cfg)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    model_class(config).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
 

@@ -13,7 +13,7 @@ import contextlib
 import sys
 from typing import Iterator, Sequence
 
-from karma_ray.config import ConfigError, describe, load_config
+from karma_ray.cli import parse_stage_args, run_stage
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -32,23 +32,18 @@ def train_rm_main(argv: Sequence[str]) -> int:
     p = _parser("karma train-rm", "Train a karma reward model with Ray Train (TorchTrainer).")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a previous run in --output")
-    args = p.parse_intermixed_args(argv)
-    if args.help_config:
-        print("\n".join(describe(RewardModelConfig)))
+    args = parse_stage_args(p, argv, RewardModelConfig, required=("data", "output"))
+    if args is None:
         return 0
-    if not args.data or not args.output:
-        p.error("--data and --output are required")
     from karma_ray.data.corpus import CorpusError
     from karma_ray.reward.train import run_train_rm
     from karma_ray.stage import OutputExistsError
 
-    try:
-        with _ray_started_here_is_shut_down():
-            cfg = load_config(RewardModelConfig, args.config, args.overrides)
-            # run_train_rm checks the corpus and the output folder before Ray starts
-            rm = run_train_rm(cfg, args.output, data=args.data, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, CorpusError, OutputExistsError) as exc:
-        print(f"karma train-rm: error: {exc}", file=sys.stderr)
+    with _ray_started_here_is_shut_down():
+        # run_train_rm checks the corpus and the output folder before Ray starts
+        rm = run_stage(p, RewardModelConfig, args.config, args.overrides, (CorpusError, OutputExistsError),
+                       lambda cfg: run_train_rm(cfg, args.output, data=args.data, resume=args.resume, overwrite=args.overwrite))
+    if rm is None:
         return 2
     print(f"karma train-rm: {rm.variant}, exported epoch {rm.exported_epoch}")
     print(f"  val:  {rm.val.headline()}")
@@ -62,23 +57,18 @@ def sweep_rm_main(argv: Sequence[str]) -> int:
 
     p = _parser("karma sweep-rm", "Ray Tune sweep over reward-model variant x loss x learning rate (ASHA).")
     p.add_argument("--overwrite", action="store_true", help="replace a previous sweep in --output")
-    args = p.parse_intermixed_args(argv)
-    if args.help_config:
-        print("\n".join(describe(SweepConfig)))
+    args = parse_stage_args(p, argv, SweepConfig, required=("data", "output"))
+    if args is None:
         return 0
-    if not args.data or not args.output:
-        p.error("--data and --output are required")
     from karma_ray.data.corpus import CorpusError
     from karma_ray.reward.sweep import render_table, run_sweep_rm
     from karma_ray.stage import OutputExistsError
 
-    try:
-        with _ray_started_here_is_shut_down():
-            cfg = load_config(SweepConfig, args.config, args.overrides)
-            # run_sweep_rm checks the corpus and the output folder before Ray starts
-            sweep = run_sweep_rm(cfg, args.output, data=args.data, overwrite=args.overwrite)
-    except (ConfigError, CorpusError, OutputExistsError) as exc:
-        print(f"karma sweep-rm: error: {exc}", file=sys.stderr)
+    with _ray_started_here_is_shut_down():
+        # run_sweep_rm checks the corpus and the output folder before Ray starts
+        sweep = run_stage(p, SweepConfig, args.config, args.overrides, (CorpusError, OutputExistsError),
+                          lambda cfg: run_sweep_rm(cfg, args.output, data=args.data, overwrite=args.overwrite))
+    if sweep is None:
         return 2
     print(render_table(sweep))
     print(f"results: {sweep.results_csv}  best models: {sweep.output / 'best'}/<variant>")

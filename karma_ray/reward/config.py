@@ -8,11 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from karma_ray.config import ConfigError, RayConfig, option, section
+from karma_ray.config import ConfigError, RayConfig, at_least, option, section
 from karma_ray.training.config import DeepSpeedConfig
 
 # The input switch. `random` and `constant` are RL controls: they have no weights and are never trained.
-VARIANTS = ("text", "text_meta", "response", "meta", "random", "constant")
 TEXT_VARIANTS = ("text", "text_meta", "response")
 META_VARIANTS = ("text_meta", "meta")
 CONTROL_VARIANTS = ("random", "constant")
@@ -31,7 +30,6 @@ METADATA_FIELDS = (
     "reply_is_op",
     "subreddit",
 )
-TARGET_COLUMNS = ("log_score", "subreddit_z", "sibling_percentile", "thread_percentile")
 
 # Named loss settings a sweep can range over: (regression kind, pairwise weight).
 LOSS_PRESETS = {
@@ -106,8 +104,7 @@ class LossConfig:
     def validate(self) -> None:
         if self.regression_weight < 0 or self.pairwise_weight < 0 or self.huber_delta <= 0:
             raise ConfigError("loss: weights must be >= 0 and huber_delta > 0")
-        regression_on = self.regression != "none" and self.regression_weight > 0
-        if not regression_on and self.pairwise_weight <= 0:
+        if not self.regression_on and not self.pairwise_on:
             raise ConfigError("loss: enable a regression loss or set pairwise_weight > 0")
 
     @property
@@ -144,10 +141,8 @@ class TrainConfig:
             raise ConfigError("train: epochs and batch sizes must be >= 1")
         if self.lr <= 0 or self.head_lr <= 0 or self.weight_decay < 0 or not 0 <= self.warmup_fraction < 1:
             raise ConfigError("train: lr, head_lr must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
-        if self.grad_clip < 0:
-            raise ConfigError("train.grad_clip must be >= 0")
-        if self.max_train_examples is not None and self.max_train_examples < 1:
-            raise ConfigError("train.max_train_examples must be >= 1")
+        at_least("train.grad_clip", self.grad_clip, 0)
+        at_least("train.max_train_examples", self.max_train_examples, 1)
 
 
 @dataclass(frozen=True)
@@ -161,10 +156,8 @@ class ScalingConfig:
     def validate(self) -> None:
         if self.num_workers < 1 or self.cpus_per_worker <= 0:
             raise ConfigError("scaling.num_workers must be >= 1 and cpus_per_worker > 0")
-        if self.max_failures < -1:
-            raise ConfigError("scaling.max_failures must be >= -1")
-        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
-            raise ConfigError("scaling.keep_checkpoints must be >= 1")
+        at_least("scaling.max_failures", self.max_failures, -1)
+        at_least("scaling.keep_checkpoints", self.keep_checkpoints, 1)
 
 
 @dataclass(frozen=True)
@@ -173,16 +166,8 @@ class EvalConfig:
     min_subreddit_examples: int = option(20, "Skip subreddits with fewer examples in the breakdown.")
 
 
-def _check_fits_local_cluster(rm: "RewardModelConfig", extra_cpus: float, what: str) -> None:
-    """A local cluster of ray.num_cpus CPUs must hold the CPUs asked for; otherwise Ray Train waits for
-    workers that can never be placed (it retries the worker group start forever), so say it now."""
-    if rm.ray.address is not None or rm.ray.num_cpus is None:
-        return  # an existing or autoscaling cluster: its size is not known here
-    need = extra_cpus + rm.scaling.num_workers * rm.scaling.cpus_per_worker
-    if need > rm.ray.num_cpus + 1e-9:
-        raise ConfigError(
-            f"{what} need {need:g} CPUs but the local cluster has ray.num_cpus={rm.ray.num_cpus}: lower "
-            f"scaling.cpus_per_worker or scaling.num_workers (torch threads: train.threads_per_worker)")
+# A local cluster too small for the workers: Ray Train would retry the worker group start forever.
+_FEWER_WORKER_CPUS = "lower scaling.cpus_per_worker or scaling.num_workers (torch threads: train.threads_per_worker)"
 
 
 @dataclass(frozen=True)
@@ -200,7 +185,7 @@ class RewardModelConfig:
     def validate(self) -> None:
         if self.input.variant in TEXT_VARIANTS and not self.model.backbone:
             raise ConfigError(f"model.backbone is required for variant '{self.input.variant}'")
-        _check_fits_local_cluster(self, extra_cpus=0.0, what="the training workers")
+        self.ray.check_fits(self.scaling.num_workers * self.scaling.cpus_per_worker, "the training workers", _FEWER_WORKER_CPUS)
 
 
 @dataclass(frozen=True)
@@ -238,6 +223,7 @@ class SweepConfig:
     search: SearchConfig = section(SearchConfig, "The search space and scheduler.")
 
     def validate(self) -> None:
-        _check_fits_local_cluster(self.rm, extra_cpus=self.search.trial_cpus, what="one trial (search.trial_cpus + its workers)")
+        self.rm.ray.check_fits(self.search.trial_cpus + self.rm.scaling.num_workers * self.rm.scaling.cpus_per_worker,
+                               "one trial (search.trial_cpus + its workers)", _FEWER_WORKER_CPUS)
         if any(v in TEXT_VARIANTS for v in self.search.variants) and not self.rm.model.backbone:
             raise ConfigError("rm.model.backbone is required when search.variants has a text variant")

@@ -22,26 +22,17 @@ import pyarrow.dataset as pads
 
 from karma_ray.data.corpus import PreparedCorpus
 from karma_ray.reward.config import CONTROL_VARIANTS, META_VARIANTS, METADATA_FIELDS, RewardModelConfig
-from karma_ray.reward.inputs import FeatureSpec, TargetSpec
-
+from karma_ray.reward.inputs import FeatureSpec, TargetSpec, as_float
 
 
 def needs_pairs(cfg: RewardModelConfig) -> bool:
     return cfg.loss.pairwise_on and cfg.input.variant not in CONTROL_VARIANTS
 
 
-def open_corpus(data: str | os.PathLike, need_pairs: bool) -> PreparedCorpus:
-    """The prepared corpus with all three splits (and train pairs when needed); CorpusError before Ray starts."""
-    return PreparedCorpus.open(data, pairs=("train",) if need_pairs else ())
-
-
 def split_dir(data: str | os.PathLike, kind: str, split: str) -> Path:
     """PREPARED/<kind>/split=<split> for kind "examples" or "pairs" (the layout is PreparedCorpus's)."""
     corpus = PreparedCorpus(Path(data))
-    folders = {"examples": corpus.examples_dir, "pairs": corpus.pairs_dir}
-    if kind not in folders:
-        raise ValueError(f"unknown kind {kind!r} (examples or pairs)")
-    return folders[kind](split)
+    return corpus.examples_dir(split) if kind == "examples" else corpus.pairs_dir(split)
 
 
 def metadata_columns(cfg: RewardModelConfig) -> list[str]:
@@ -50,8 +41,7 @@ def metadata_columns(cfg: RewardModelConfig) -> list[str]:
 
 def example_columns(cfg: RewardModelConfig) -> list[str]:
     """Columns the workers and the evaluation read from examples."""
-    cols = ["id", "subreddit", "context", "reply", cfg.target.column, *metadata_columns(cfg)]
-    return list(dict.fromkeys(cols))
+    return list(dict.fromkeys(["id", "subreddit", "context", "reply", cfg.target.column, *metadata_columns(cfg)]))
 
 
 def read_table(data: str | os.PathLike, kind: str, split: str, columns: Sequence[str] | None = None) -> pa.Table:
@@ -72,21 +62,15 @@ def fit_specs(data: str | os.PathLike, cfg: RewardModelConfig) -> tuple[TargetSp
     return target, features
 
 
-def side_metadata_table(data: str | os.PathLike, split: str, fields: Sequence[str]) -> pa.Table:
-    """id + metadata columns of a split's examples, for attaching each pair side's metadata."""
-    return read_table(data, "examples", split, ["id", *[f for f in fields if f != "subreddit"]])
-
-
 def attach_side_metadata(batch: pa.Table, side_table: pa.Table) -> pa.Table:
     """Pair rows + `chosen__<field>` / `rejected__<field>` metadata (a hash join on the example id).
 
     A pair whose side has no example row keeps null metadata (standardized to the training mean later).
     """
-    out = batch
     for side in ("chosen", "rejected"):
         renamed = side_table.rename_columns([f"{side}_id" if c == "id" else f"{side}__{c}" for c in side_table.column_names])
-        out = out.join(renamed, keys=f"{side}_id", join_type="left outer")
-    return out
+        batch = batch.join(renamed, keys=f"{side}_id", join_type="left outer")
+    return batch
 
 
 def ray_datasets(data: str | os.PathLike, cfg: RewardModelConfig, materialize: bool = True) -> dict[str, Any]:
@@ -101,8 +85,9 @@ def ray_datasets(data: str | os.PathLike, cfg: RewardModelConfig, materialize: b
     if needs_pairs(cfg):
         pair_cols = ["chosen_id", "rejected_id", "context", "chosen", "rejected", "subreddit"]
         pairs = ray.data.read_parquet(str(split_dir(data, "pairs", "train"))).select_columns(pair_cols)
-        if cfg.input.variant in META_VARIANTS:
-            side = side_metadata_table(data, "train", metadata_columns(cfg))
+        if cfg.input.variant in META_VARIANTS:  # each pair side's metadata, from the train examples
+            fields = [f for f in metadata_columns(cfg) if f != "subreddit"]
+            side = read_table(data, "examples", "train", ["id", *fields])
             pairs = pairs.map_batches(attach_side_metadata, batch_format="pyarrow", fn_kwargs={"side_table": side})
         datasets["train_pairs"] = pairs
     # Read order kept (it is the files' order): `limit` takes the same first rows and every worker the
@@ -122,8 +107,7 @@ def ray_datasets(data: str | os.PathLike, cfg: RewardModelConfig, materialize: b
 
 def split_pairs(data: str | os.PathLike, split: str) -> tuple[list[tuple[str, str]], list[str]]:
     """(chosen_id, rejected_id) pairs of a split and their subreddits ([] when the corpus has no pairs)."""
-    d = split_dir(data, "pairs", split)
-    if not any(d.glob("*.parquet")):
+    if not any(split_dir(data, "pairs", split).glob("*.parquet")):
         return [], []
     t = read_table(data, "pairs", split, ["chosen_id", "rejected_id", "subreddit"])
     return list(zip(t["chosen_id"].to_pylist(), t["rejected_id"].to_pylist())), t["subreddit"].to_pylist()
@@ -137,18 +121,16 @@ def evaluate_split(scorer: Any, data: str | os.PathLike, split: str, cfg: Reward
     cols = {c: t[c].to_pylist() for c in metadata_columns(cfg)}
     cols["subreddit"] = t["subreddit"].to_pylist()
     scores = scorer.score_columns(t["context"].to_pylist(), t["reply"].to_pylist(), cols, batch_size)
-    target_spec = scorer.meta.target
-    raw = np.array([np.nan if v is None else v for v in t[cfg.target.column].to_pylist()], dtype=np.float64)
+    raw = as_float(t[cfg.target.column].to_pylist())
     keep = np.isfinite(raw)
-    targets = target_spec.standardize(raw) if target_spec else raw
-    ids = t["id"].to_pylist()
-    pairs, pair_subs = split_pairs(data, split)
-    ids_k = [i for i, k in zip(ids, keep) if k]
+    targets = scorer.meta.target.standardize(raw) if scorer.meta.target else raw
+    ids_k = [i for i, k in zip(t["id"].to_pylist(), keep) if k]
+    subs_k = [s for s, k in zip(cols["subreddit"], keep) if k]
     scores_k, targets_k = scores[keep].tolist(), targets[keep].tolist()
+    pairs, pair_subs = split_pairs(data, split)
     out = reward_metrics(scores_k, targets_k, ids_k, pairs)
     by_sub: dict[str, list] = {}
     for p, s in zip(pairs, pair_subs):
         by_sub.setdefault(s, []).append(p)
-    subs_k = [s for s, k in zip(cols["subreddit"], keep) if k]
     out["by_subreddit"] = metrics_by_subreddit(subs_k, scores_k, targets_k, ids_k, by_sub, cfg.eval.subreddits, cfg.eval.min_subreddit_examples)
     return out

@@ -51,9 +51,7 @@ FEATURE_COLUMNS: dict[str, tuple[str, ...]] = {
 
 def rm_text(context: str, reply: str, variant: str) -> str:
     """The reward model's input text (see the module docstring)."""
-    if variant == "response":
-        return policy_prompt("") + policy_reply(reply)
-    return policy_prompt(context or "") + policy_reply(reply)
+    return policy_prompt("" if variant == "response" else context or "") + policy_reply(reply)
 
 
 def subreddit_bucket(subreddit: str | None, buckets: int) -> int:
@@ -64,7 +62,7 @@ def subreddit_bucket(subreddit: str | None, buckets: int) -> int:
     return int.from_bytes(digest, "big") % buckets
 
 
-def _as_float(values: Sequence[Any]) -> np.ndarray:
+def as_float(values: Sequence[Any]) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
@@ -77,7 +75,7 @@ def raw_feature_matrix(columns: Mapping[str, Sequence[Any]], n: int, fields: Seq
     for f in fields:
         if f == "subreddit":
             continue
-        raw = _as_float(columns[f]) if f in columns else np.full(n, np.nan)
+        raw = as_float(columns[f]) if f in columns else np.full(n, np.nan)
         if f in ("hour", "weekday"):
             period = 24.0 if f == "hour" else 7.0
             angle = 2 * math.pi * raw / period
@@ -91,10 +89,6 @@ def raw_feature_matrix(columns: Mapping[str, Sequence[Any]], n: int, fields: Seq
     return np.stack(out, axis=1) if out else np.zeros((n, 0))
 
 
-def feature_columns(fields: Sequence[str]) -> tuple[str, ...]:
-    return tuple(c for f in fields for c in FEATURE_COLUMNS[f])
-
-
 @dataclass(frozen=True)
 class FeatureSpec:
     """Which metadata a model reads and the TRAIN statistics that standardize it (saved with the model)."""
@@ -106,7 +100,7 @@ class FeatureSpec:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return feature_columns(self.fields)
+        return tuple(c for f in self.fields for c in FEATURE_COLUMNS[f])
 
     @property
     def uses_subreddit(self) -> bool:
@@ -160,7 +154,7 @@ class TargetSpec:
 
     @classmethod
     def fit(cls, column: str, values: Sequence[float]) -> "TargetSpec":
-        y = _as_float(values)
+        y = as_float(values)
         y = y[np.isfinite(y)]
         if y.size == 0:
             raise ValueError(f"no finite values in target column {column!r}")
@@ -190,15 +184,6 @@ class RewardInputs:
     def to(self, device: Any) -> "RewardInputs":
         return RewardInputs(*(None if t is None else t.to(device) for t in
                               (self.input_ids, self.attention_mask, self.token_type_ids, self.features, self.subreddit_bucket)))
-
-
-def configure_tokenizer(tokenizer: Any) -> Any:
-    """Right padding, left truncation (see the module docstring); the saved tokenizer keeps both settings."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    tokenizer.truncation_side = "left"
-    return tokenizer
 
 
 def build_inputs(

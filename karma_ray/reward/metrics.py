@@ -15,23 +15,15 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
 def average_ranks(x: Sequence[float]) -> np.ndarray:
     """Ranks 1..n, ties get their mean rank ([10, 20, 20, 5] -> [2, 3.5, 3.5, 1])."""
     x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
+    order = np.argsort(x, kind="stable")
     sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])  # NaN != NaN: each NaN is its own group
+    ends = np.r_[starts[1:], len(x)]
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
     return ranks
 
 
@@ -41,12 +33,11 @@ def pearson(a: Sequence[float], b: Sequence[float]) -> float | None:
         return None
     da, db = a - a.mean(), b - b.mean()
     denom = math.sqrt(float((da * da).sum() * (db * db).sum()))
-    return _finite_or_none(float((da * db).sum()) / denom) if denom > 0 else None
+    r = float((da * db).sum()) / denom if denom > 0 else math.nan
+    return r if math.isfinite(r) else None
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
-    if len(a) < 2:
-        return None
     return pearson(average_ranks(a), average_ranks(b))
 
 
@@ -66,14 +57,8 @@ def pairwise_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> flo
 def pair_scores(ids: Sequence[str], scores: Sequence[float], pairs: Sequence[tuple[str, str]]) -> tuple[list[float], list[float], int]:
     """Look up (chosen_id, rejected_id) scores by example id -> (chosen, rejected, pairs with a missing side)."""
     by_id = dict(zip(ids, scores))
-    chosen, rejected, missing = [], [], 0
-    for c, r in pairs:
-        if c in by_id and r in by_id:
-            chosen.append(by_id[c])
-            rejected.append(by_id[r])
-        else:
-            missing += 1
-    return chosen, rejected, missing
+    found = [(by_id[c], by_id[r]) for c, r in pairs if c in by_id and r in by_id]
+    return [c for c, _ in found], [r for _, r in found], len(pairs) - len(found)
 
 
 def reward_metrics(
@@ -83,11 +68,9 @@ def reward_metrics(
     pairs: Sequence[tuple[str, str]] = (),
 ) -> dict:
     """spearman, pearson, mse (in standardized target units), pairwise_accuracy, n, n_pairs."""
-    out = {"spearman": spearman(scores, targets), "pearson": pearson(scores, targets), "mse": mse(scores, targets), "n": len(scores)}
     chosen, rejected, _ = pair_scores(ids or [], scores, pairs) if pairs else ([], [], 0)
-    out["pairwise_accuracy"] = pairwise_accuracy(chosen, rejected)
-    out["n_pairs"] = len(chosen)
-    return out
+    return {"spearman": spearman(scores, targets), "pearson": pearson(scores, targets), "mse": mse(scores, targets),
+            "n": len(scores), "pairwise_accuracy": pairwise_accuracy(chosen, rejected), "n_pairs": len(chosen)}
 
 
 def metrics_by_subreddit(

@@ -78,12 +78,9 @@ class RewardModelMeta:
             variant=d["variant"],
             target=TargetSpec(t["column"], float(t["mean"]), float(t["std"])) if t else None,
             features=FeatureSpec.from_dict(d["features"]) if d.get("features") else None,
-            max_length=int(d["max_length"]),
-            meta_hidden=int(d["meta_hidden"]),
-            subreddit_dim=int(d["subreddit_dim"]),
-            random_seed=int(d["random_seed"]),
             backbone=d.get("backbone"),
             extra=d.get("extra") or {},
+            **{k: int(d[k]) for k in ("max_length", "meta_hidden", "subreddit_dim", "random_seed")},
         )
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -143,49 +140,43 @@ class RewardModel(nn.Module):
         """Freshly initialized parameters (score head, metadata MLP): trained at train.head_lr."""
         params = list(self.meta_head.parameters()) if self.meta_head is not None else []
         if self.text_model is not None:
-            head_names = _score_head_names(self.text_model)
+            # Top-level modules that AutoModelForSequenceClassification adds on top of the base model
+            # ("classifier" for BERT-likes, "score" for Llama/Qwen/GPT-2).
+            base = getattr(self.text_model, "base_model_prefix", "")
+            head_names = {name for name, _ in self.text_model.named_children() if name != base}
             params += [p for n, p in self.text_model.named_parameters() if n.split(".")[0] in head_names]
         return params
-
-
-def _score_head_names(text_model: nn.Module) -> set[str]:
-    # Top-level modules that AutoModelForSequenceClassification adds on top of the base model
-    # ("classifier" for BERT-likes, "score" for Llama/Qwen/GPT-2).
-    base = getattr(text_model, "base_model_prefix", "")
-    return {name for name, _ in text_model.named_children() if name != base}
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def load_sequence_classifier(path_or_id: str, dtype: str = "float32", trust_remote_code: bool = False, pad_token_id: int | None = None):
     """AutoModelForSequenceClassification(num_labels=1) with karma_ray.models.hf's defaults (safetensors only,
     remote code off). Decoders need `pad_token_id` in their config to find the last non-pad token."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
+    from karma_ray.models.hf import from_pretrained
     from karma_ray.models.packaged import resolve_model
 
     path_or_id = resolve_model(str(path_or_id))  # a packaged: id is converted on this node, once
-    config = AutoConfig.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code, num_labels=1)
+    config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=trust_remote_code, num_labels=1)
     config.problem_type = "regression"
     if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:
         config.pad_token_id = pad_token_id
-    return AutoModelForSequenceClassification.from_pretrained(
-        str(path_or_id), config=config, dtype=_torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    return from_pretrained("AutoModelForSequenceClassification", path_or_id, dtype, trust_remote_code, config=config)
 
 
 def load_rm_tokenizer(path_or_id: str, trust_remote_code: bool = False):
+    """Right padding, left truncation (see karma_ray/reward/inputs.py); the saved tokenizer keeps both settings."""
     from karma_ray.models.hf import load_tokenizer
-    from karma_ray.reward.inputs import configure_tokenizer
 
-    return configure_tokenizer(load_tokenizer(path_or_id, trust_remote_code=trust_remote_code, padding_side="right"))
+    tokenizer = load_tokenizer(path_or_id, trust_remote_code=trust_remote_code, padding_side="right")
+    tokenizer.truncation_side = "left"
+    return tokenizer
 
 
-def build_reward_model(meta: RewardModelMeta, backbone: str | None, dtype: str = "float32", trust_remote_code: bool = False, seed: int = 0):
-    """A new reward model (text part from `backbone`, fresh heads) -> (model, tokenizer or None)."""
-    torch.manual_seed(seed)
+def build_reward_model(meta: RewardModelMeta, backbone: str | None, dtype: str = "float32", trust_remote_code: bool = False, seed: int | None = 0):
+    """A new reward model (text part from `backbone`, fresh heads seeded unless `seed` is None) -> (model, tokenizer or None)."""
+    if seed is not None:
+        torch.manual_seed(seed)
     tokenizer = text_model = meta_head = None
     if meta.variant in TEXT_VARIANTS:
         tokenizer = load_rm_tokenizer(backbone, trust_remote_code)
@@ -227,13 +218,7 @@ def load_reward_model(folder: str | os.PathLike, device: str = "cpu", dtype: str
     meta = RewardModelMeta.load(folder)
     if meta.variant in CONTROL_VARIANTS:
         return None, None, meta
-    tokenizer = text_model = meta_head = None
-    if meta.variant in TEXT_VARIANTS:
-        tokenizer = load_rm_tokenizer(str(folder))
-        text_model = load_sequence_classifier(str(folder), dtype)
-    if meta.variant in META_VARIANTS:
-        spec = meta.features
-        meta_head = MetaHead(len(spec.columns), spec.subreddit_buckets if spec.uses_subreddit else 0, meta.subreddit_dim, meta.meta_hidden)
-        meta_head.load_state_dict(load_file(str(folder / META_HEAD_FILE)))
-    model = RewardModel(text_model, meta_head).to(device).eval()
-    return model, tokenizer, meta
+    model, tokenizer = build_reward_model(meta, str(folder), dtype, seed=None)
+    if model.meta_head is not None:
+        model.meta_head.load_state_dict(load_file(str(folder / META_HEAD_FILE)))
+    return model.to(device).eval(), tokenizer, meta

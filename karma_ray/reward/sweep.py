@@ -16,6 +16,7 @@ checkpoint's val and test metrics per variant), tune/ and trials/ (Ray storage).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -24,30 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from karma_ray.config import save_resolved
+from karma_ray.data.corpus import PreparedCorpus
 from karma_ray.reward.config import CONTROL_VARIANTS, LOSS_PRESETS, RewardModelConfig, SweepConfig
-from karma_ray.reward.data import open_corpus
 from karma_ray.reward.metrics import SplitMetrics
 from karma_ray.stage import begin_stage, claim_output, config_digest, finish_stage
 
 
-def check_sweep_output(output: str | os.PathLike, overwrite: bool, dry_run: bool = True) -> Path:
-    """The output policy of karma_ray.stage (a sweep does not resume: Tune restores trials itself)."""
-    return claim_output(output, "sweep-rm", overwrite=overwrite, resumable=False, dry_run=dry_run,
-                        recognizes=lambda p: (p / "results.csv").exists() or (p / "tune").exists() or (p / "config.yaml").exists())
-
-
 def trial_specs(search: Any) -> list[dict]:
     """The grid as explicit trials; a control (random/constant) is tried once, not once per loss x lr."""
-    specs, seen = [], set()
-    for variant in search.variants:
-        for loss in search.losses:
-            for lr in search.lrs:
-                key = (variant,) if variant in CONTROL_VARIANTS else (variant, loss, lr)
-                if key in seen:
-                    continue
-                seen.add(key)
-                specs.append({"variant": variant, "loss": loss, "lr": lr})
-    return specs
+    specs: dict[tuple, dict] = {}
+    for variant, loss, lr in itertools.product(search.variants, search.losses, search.lrs):
+        key = (variant,) if variant in CONTROL_VARIANTS else (variant, loss, lr)
+        specs.setdefault(key, {"variant": variant, "loss": loss, "lr": lr})
+    return list(specs.values())
 
 
 def trial_config(base: RewardModelConfig, spec: dict) -> RewardModelConfig:
@@ -156,15 +146,16 @@ def run_sweep_rm(cfg: SweepConfig, output: str | os.PathLike, *, data: str | os.
     from ray.tune.schedulers import ASHAScheduler
 
     from karma_ray.console import stage_bar, tune_progress
+    from karma_ray.models.hf import absolute_if_local
     from karma_ray.ray_utils import init_ray
     from karma_ray.reward.train import evaluate_model_dir, export_checkpoint
 
-    from karma_ray.models.hf import absolute_if_local
-
     # Trials and their workers run in Tune/Train working directories: local paths must be absolute.
     cfg = replace(cfg, rm=replace(cfg.rm, model=replace(cfg.rm.model, backbone=absolute_if_local(cfg.rm.model.backbone))))
-    data = open_corpus(data, need_pairs=any(x.endswith("bt") for x in cfg.search.losses)).root
-    out = check_sweep_output(output, overwrite, dry_run=False)
+    data = PreparedCorpus.open(data, pairs=("train",) if any(x.endswith("bt") for x in cfg.search.losses) else ()).root
+    # the output policy of karma_ray.stage (a sweep does not resume: Tune restores trials itself)
+    out = claim_output(output, "sweep-rm", overwrite=overwrite, resumable=False,
+                       recognizes=lambda p: any((p / f).exists() for f in ("results.csv", "tune", "config.yaml")))
     save_resolved(cfg, out)
     digest = config_digest(cfg, [data])
     begin_stage(out, "sweep-rm", digest)
@@ -234,11 +225,8 @@ def run_sweep_rm(cfg: SweepConfig, output: str | os.PathLike, *, data: str | os.
 
 
 def trial_row(t: SweepTrial, objective: str) -> dict:
-    """results.csv columns: the objective is named by its metric."""
-    row = asdict(t)
-    row[objective] = row.pop("objective")
-    order = ["trial_id", "variant", "loss", "lr", "epochs_run", "best_epoch", objective, "val_pairwise_accuracy", "val_mse", "error", "checkpoint_path"]
-    return {k: row[k] for k in order}
+    """results.csv columns (SweepTrial's order): the objective is named by its metric."""
+    return {objective if k == "objective" else k: v for k, v in asdict(t).items()}
 
 
 def best_model_row(b: BestModel) -> dict:
@@ -247,18 +235,15 @@ def best_model_row(b: BestModel) -> dict:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        path.write_text("")
-        return
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    with path.open("w", newline="") as fh:  # no rows: an empty file
+        if rows:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
 
 
 def render_table(sweep: SweepResult) -> str:
     """The two result tables as aligned text."""
-    tables = {"trials": [trial_row(t, sweep.objective) for t in sweep.trials], "best": [best_model_row(b) for b in sweep.best.values()]}
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -266,10 +251,11 @@ def render_table(sweep: SweepResult) -> str:
         return "" if v is None else str(v)
 
     lines = []
-    for title, rows, cols in (
-        ("trials", tables["trials"], [c for c in (tables["trials"][0] if tables["trials"] else {}) if c not in ("checkpoint_path", "error")]),
-        ("best per variant (test = held-out threads)", tables["best"], [c for c in (tables["best"][0] if tables["best"] else {}) if c != "model"]),
+    for title, rows, hidden in (
+        ("trials", [trial_row(t, sweep.objective) for t in sweep.trials], ("checkpoint_path", "error")),
+        ("best per variant (test = held-out threads)", [best_model_row(b) for b in sweep.best.values()], ("model",)),
     ):
+        cols = [c for c in (rows[0] if rows else {}) if c not in hidden]
         lines.append(f"== {title}")
         cells = [cols] + [[fmt(r.get(c)) for c in cols] for r in rows]
         widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]

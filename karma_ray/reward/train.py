@@ -32,22 +32,18 @@ from typing import Any
 import numpy as np
 
 from karma_ray.config import save_resolved, to_dict
+from karma_ray.data.corpus import PreparedCorpus
 from karma_ray.reward.config import CONTROL_VARIANTS, META_VARIANTS, TEXT_VARIANTS, RewardModelConfig
-from karma_ray.reward.data import evaluate_split, fit_specs, needs_pairs, open_corpus, ray_datasets, split_pairs
+from karma_ray.reward.data import evaluate_split, fit_specs, needs_pairs, ray_datasets, split_pairs
 from karma_ray.reward.metrics import SplitMetrics
 from karma_ray.reward.inputs import build_inputs, rm_text
 from karma_ray.reward.model import METADATA_FILE, RewardModelMeta
 from karma_ray.training.faults import FaultInjector
 from karma_ray.training.learner import OPTIMIZER_FILE
-from karma_ray.training.loop import TRAINER_STATE, LoopPlan, LoopState, StepSums, run_loop, torch_trainer, worker_shard
+from karma_ray.training.loop import TRAINER_STATE, LoopPlan, LoopState, StepSums, run_loop, torch_trainer, worker_context, worker_shard
 from karma_ray.stage import begin_stage, claim_output, config_digest, finish_stage
 
 RUN_NAME = "train_rm"
-
-
-def prepare_output(output: str | os.PathLike, resume: bool, overwrite: bool = False, dry_run: bool = False) -> Path:
-    return claim_output(output, "train-rm", resume=resume, overwrite=overwrite, dry_run=dry_run,
-                        recognizes=lambda p: (p / "ray" / RUN_NAME).exists() or (p / "config.yaml").exists())
 
 
 def new_model_meta(cfg: RewardModelConfig, data: str | os.PathLike) -> RewardModelMeta:
@@ -69,13 +65,13 @@ def new_model_meta(cfg: RewardModelConfig, data: str | os.PathLike) -> RewardMod
 # ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class ShardData:
     """A worker's rows in memory: model inputs precomputed except tokenization (done per batch)."""
 
-    def __init__(self, texts: list[str] | None, features: np.ndarray | None, buckets: np.ndarray | None) -> None:
-        self.texts = texts  # N strings or None
-        self.features = features  # (N, F) or None
-        self.buckets = buckets  # (N,) or None
+    texts: list[str] | None  # N strings
+    features: np.ndarray | None  # (N, F)
+    buckets: np.ndarray | None  # (N,)
 
     def take(self, idx: np.ndarray) -> tuple[list[str] | None, np.ndarray | None, np.ndarray | None]:
         texts = [self.texts[i] for i in idx] if self.texts is not None else None
@@ -89,9 +85,7 @@ def collect_shard(iterator: Any) -> dict[str, list]:
     import pyarrow as pa
 
     tables = list(iterator.iter_batches(batch_size=4096, batch_format="pyarrow"))
-    if not tables:
-        return {}
-    return pa.concat_tables(tables, promote_options="default").to_pydict()
+    return pa.concat_tables(tables, promote_options="default").to_pydict() if tables else {}
 
 
 def example_shard(cols: dict[str, list], meta: RewardModelMeta) -> ShardData:
@@ -105,16 +99,12 @@ def example_shard(cols: dict[str, list], meta: RewardModelMeta) -> ShardData:
 
 def pair_shards(cols: dict[str, list], meta: RewardModelMeta) -> tuple[ShardData, ShardData]:
     """(chosen, rejected) sides of sibling pairs; side metadata columns are `chosen__<field>` etc."""
-    n = len(cols.get("chosen", []))
     sides = []
     for side in ("chosen", "rejected"):
-        texts = [rm_text(c, r, meta.variant) for c, r in zip(cols["context"], cols[side])] if meta.variant in TEXT_VARIANTS else None
-        feats = buckets = None
-        if meta.variant in META_VARIANTS:
-            side_cols = {k.split("__", 1)[1]: v for k, v in cols.items() if k.startswith(side + "__")}
-            side_cols["subreddit"] = cols["subreddit"]  # siblings share the subreddit
-            feats, buckets = meta.features.encode(side_cols, n)
-        sides.append(ShardData(texts, feats, buckets))
+        side_cols = {k.split("__", 1)[1]: v for k, v in cols.items() if k.startswith(side + "__")}
+        # this side's reply; siblings share the context and the subreddit
+        side_cols.update(context=cols["context"], reply=cols[side], subreddit=cols["subreddit"])
+        sides.append(example_shard(side_cols, meta))
     return sides[0], sides[1]
 
 
@@ -137,13 +127,12 @@ def lr_lambda(total_steps: int, warmup_fraction: float):
 
 
 def _score_rows(model: Any, shard: ShardData, idx: np.ndarray, tokenizer: Any, meta: RewardModelMeta, batch_size: int,
-                device: Any, batches: int | None = None) -> np.ndarray:
+                device: Any, batches: int) -> np.ndarray:
     """Scores of rows `idx` of the shard, `batch_size` at a time. `batches` pads the pass to that many
     forwards (the first row again, scores dropped), so every rank of a ZeRO-3 group runs as many."""
     import torch
 
     out = np.empty(len(idx))
-    batches = math.ceil(len(idx) / batch_size) if batches is None else batches
     with torch.no_grad():
         for b in range(batches):
             part = idx[b * batch_size : (b + 1) * batch_size]
@@ -218,7 +207,7 @@ class RewardTask:
         if self.learner is None:
             return
         cfg = self.cfg
-        self.learner.train()
+        self.learner.model.train()
         rng = np.random.default_rng(cfg.train.seed * 1000 + epoch * 10 + self.rank)
         reg_order = rng.permutation(self.n_train)
         pair_order = rng.permutation(self.n_pairs) if self.n_pairs else np.zeros(0, dtype=np.int64)
@@ -266,7 +255,7 @@ class RewardTask:
             part = np.array([0.0 if self.meta.variant == "constant" else
                              random_control_score(self.meta.random_seed, self.val_cols["context"][i], self.val_cols["reply"][i]) for i in mine])
         else:
-            self.learner.train(False)
+            self.learner.model.eval()
             # every rank runs the same number of forwards (under ZeRO-3 each one is collective)
             batches = math.ceil(math.ceil(len(self.val_ids) / self.world) / self.cfg.train.eval_batch_size)
             part = _score_rows(self.learner.model, self.val_shard, mine, self.tokenizer, self.meta, self.cfg.train.eval_batch_size,
@@ -309,18 +298,11 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: this worker's shards read once, then the shared loop (training/loop.py).
     `config`: cfg, meta, output, val_pairs."""
     import ray.train
-    import torch
-
 
     cfg: RewardModelConfig = config["cfg"]
     meta: RewardModelMeta = config["meta"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(cfg.train.threads_per_worker or max(1, int(cfg.scaling.cpus_per_worker)))
-    device = ray.train.torch.get_device()
+    rank, world, device = worker_context(cfg.train.threads_per_worker or max(1, int(cfg.scaling.cpus_per_worker)))
     is_control = meta.variant in CONTROL_VARIANTS
-    if cfg.deepspeed.enabled:
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
     pair_iter = worker_shard("train_pairs") if cfg.loss.pairwise_on and not is_control else None
     task = RewardTask(cfg, meta, rank=rank, world=world, device=device,
                       train_cols=collect_shard(worker_shard("train")),
@@ -341,7 +323,6 @@ def build_trainer(cfg: RewardModelConfig, data: str | os.PathLike, output: Path,
     """The TorchTrainer of one run (also used by each sweep trial)."""
     from ray.data import DataContext
 
-
     DataContext.get_current().enable_progress_bars = cfg.ray.progress_bars
     val_pairs, _ = split_pairs(data, "val")
     return torch_trainer(
@@ -357,9 +338,8 @@ def choose_checkpoint(result: Any, cfg: RewardModelConfig):
     candidates = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None]
     if not candidates:
         raise RuntimeError("the training run reported no checkpoint")
-    last = max(candidates, key=lambda cm: cm[1].get("epoch", 0))
     if cfg.train.select_checkpoint == "last":
-        return last
+        return max(candidates, key=lambda cm: cm[1].get("epoch", 0))
     sign = 1.0 if cfg.train.objective_mode == "max" else -1.0
 
     def key(cm):
@@ -406,14 +386,14 @@ def run_train_rm(cfg: RewardModelConfig, output: str | os.PathLike, *, data: str
                  resume: bool = False, overwrite: bool = False) -> RewardModelResult:
     """Train, export, evaluate (see the module docstring). The corpus and the output folder are
     checked before Ray starts (CorpusError, OutputExistsError)."""
-    from karma_ray.ray_utils import init_ray
-
     from karma_ray.models.hf import absolute_if_local
+    from karma_ray.ray_utils import init_ray
 
     # Workers run in Ray Train's own working directory: make local paths absolute first.
     cfg = replace(cfg, model=replace(cfg.model, backbone=absolute_if_local(cfg.model.backbone)))
-    data = open_corpus(data, need_pairs=needs_pairs(cfg)).root
-    out = prepare_output(output, resume, overwrite)
+    data = PreparedCorpus.open(data, pairs=("train",) if needs_pairs(cfg) else ()).root
+    out = claim_output(output, "train-rm", resume=resume, overwrite=overwrite,
+                       recognizes=lambda p: (p / "ray" / RUN_NAME).exists() or (p / "config.yaml").exists())
     save_resolved(cfg, out)
     digest = config_digest(cfg, [data])
     begin_stage(out, "train-rm", digest)

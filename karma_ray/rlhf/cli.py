@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from karma_ray.config import ConfigError, describe, load_config
+from karma_ray.cli import parse_stage_args, run_stage
+from karma_ray.config import ConfigError
 from karma_ray.rlhf.config import PPOConfig
 from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 
@@ -26,9 +26,7 @@ def model_reachable(path: str) -> bool:
     """A local folder, or a hub id that from_pretrained can resolve (cached when offline)."""
     from karma_ray.models.packaged import is_packaged
 
-    if is_packaged(path):  # check_paths has checked its package is installed
-        return True
-    if Path(path).expanduser().exists():
+    if is_packaged(path) or Path(path).expanduser().exists():  # check_paths checked a package is installed
         return True
     if path.startswith((".", "/", "~")) or not _HUB_ID.match(path):
         return False
@@ -66,11 +64,8 @@ def check_paths(cfg: PPOConfig) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def _parse_command(prog: str, description: str, config_cls: type, argv: Sequence[str],
-                   resume: bool) -> Optional[tuple[argparse.Namespace, list[str]]]:
-    """(args, overrides) of a `karma ppo`-shaped command line; None when --help-config printed the keys."""
-    from karma_ray.cli import split_overrides
-
+def _parser(prog: str, description: str, resume: bool) -> argparse.ArgumentParser:
+    """The command line of `karma ppo` (with `resume`) and `karma sweep-ppo`."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("items", nargs="*", help="key=value config overrides")
     p.add_argument("--config", "-c", help="YAML config (see configs/ppo/)")
@@ -79,29 +74,18 @@ def _parse_command(prog: str, description: str, config_cls: type, argv: Sequence
         p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --output")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing output directory")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
-    args = p.parse_intermixed_args(argv)
-    if args.help_config:
-        print("\n".join(describe(config_cls)))
-        return None
-    paths, overrides = split_overrides(args.items)
-    if paths:
-        p.error(f"unexpected arguments {paths} (overrides look like key=value)")
-    if not args.output:
-        p.error("--output is required")
-    return args, overrides
+    return p
 
 
 def ppo_main(argv: Sequence[str]) -> int:
-    parsed = _parse_command("karma ppo", "PPO against reward models on Ray actors.", PPOConfig, argv, resume=True)
-    if parsed is None:
+    p = _parser("karma ppo", "PPO against reward models on Ray actors.", resume=True)
+    args = parse_stage_args(p, argv, PPOConfig, overrides_only=True)
+    if args is None:
         return 0
-    args, overrides = parsed
-    try:
-        cfg = load_config(PPOConfig, args.config, overrides)
-        # run_ppo checks paths, prompts and the output folder before any Ray work
-        result = run_ppo(cfg, args.output, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, OutputExistsError) as exc:
-        print(f"karma ppo: error: {exc}", file=sys.stderr)
+    # run_ppo checks paths, prompts and the output folder before any Ray work
+    result = run_stage(p, PPOConfig, args.config, args.items, (OutputExistsError,),
+                       lambda cfg: run_ppo(cfg, args.output, resume=args.resume, overwrite=args.overwrite))
+    if result is None:
         return 2
     print(f"[karma ppo] done: {result.iterations} iterations this run; policy -> {result.policy_dir}; metrics -> {result.metrics_path}")
     if result.last:
@@ -148,18 +132,19 @@ def run_ppo(cfg: PPOConfig, output: str | os.PathLike, *, resume: bool = False, 
 def sweep_ppo_main(argv: Sequence[str]) -> int:
     from karma_ray.rlhf.sweep import SweepPPOConfig, plan_trials, run_sweep_ppo
 
-    parsed = _parse_command("karma sweep-ppo", "Ray Tune over PPO settings (the KL coefficient), judged by the "
-                            "in-training evaluation, with ASHA early stopping.", SweepPPOConfig, argv, resume=False)
-    if parsed is None:
+    p = _parser("karma sweep-ppo", "Ray Tune over PPO settings (the KL coefficient), judged by the "
+                "in-training evaluation, with ASHA early stopping.", resume=False)
+    args = parse_stage_args(p, argv, SweepPPOConfig, overrides_only=True)
+    if args is None:
         return 0
-    args, overrides = parsed
-    try:
-        cfg = load_config(SweepPPOConfig, args.config, overrides)  # builds and validates every trial's PPO config
+
+    def sweep_ppo(cfg: SweepPPOConfig) -> Any:  # load_config built and validated every trial's PPO config
         for trial in plan_trials(cfg):
             check_paths(trial.ppo)
-        sweep = run_sweep_ppo(cfg, args.output, overwrite=args.overwrite)
-    except (ConfigError, OutputExistsError) as exc:
-        print(f"karma sweep-ppo: error: {exc}", file=sys.stderr)
+        return run_sweep_ppo(cfg, args.output, overwrite=args.overwrite)
+
+    sweep = run_stage(p, SweepPPOConfig, args.config, args.items, (OutputExistsError,), sweep_ppo)
+    if sweep is None:
         return 2
     print((sweep.output / "summary.md").read_text())
     print(f"results: {sweep.results_csv}  best config: {sweep.best_config}")

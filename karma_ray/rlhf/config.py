@@ -7,7 +7,7 @@ by the driver's setup, never inside the loop. `PPOConfig.validate` checks cross-
 critic-free estimator with a critic configured, minibatches that do not divide the batch) before any
 Ray resource is taken.
 
-Imports only the standard library, karma_ray.config and karma_ray.engines.config.
+Imports only the standard library and the config modules of karma_ray, engines and training.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from karma_ray.config import ConfigError, RayConfig, option, section
+from karma_ray.config import ConfigError, RayConfig, at_least, option, section
 from karma_ray.engines.config import RolloutConfig
 from karma_ray.training.config import DeepSpeedConfig
 
@@ -74,8 +74,7 @@ class ReferenceConfig:
     def validate(self) -> None:
         if self.cpus < 0 or self.gpus < 0 or self.cpus + self.gpus <= 0:
             raise ConfigError("reference.cpus/gpus must be >= 0 and not both 0")
-        if self.micro_batch_size < 1:
-            raise ConfigError("reference.micro_batch_size must be >= 1")
+        at_least("reference.micro_batch_size", self.micro_batch_size, 1)
 
 
 @dataclass(frozen=True)
@@ -170,8 +169,7 @@ class PromptConfig:
     def validate(self) -> None:
         if not self.path:
             raise ConfigError("prompts.path is required")
-        if self.max_prompt_tokens < 1:
-            raise ConfigError("prompts.max_prompt_tokens must be >= 1")
+        at_least("prompts.max_prompt_tokens", self.max_prompt_tokens, 1)
 
 
 @dataclass(frozen=True)

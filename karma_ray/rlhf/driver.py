@@ -29,7 +29,7 @@ import random
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -78,13 +78,10 @@ class PhaseTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-# ------------------------------------------------------------------------------------------------
-# Driver state (what a checkpoint holds besides the actors' own state)
-# ------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class DriverState:
+    """What a checkpoint holds besides the actors' own state."""
+
     step: int = 0  # last COMPLETED iteration
     kl_controller: dict = field(default_factory=dict)
     reward_moments: dict = field(default_factory=dict)
@@ -93,53 +90,25 @@ class DriverState:
     torch_rng: list = field(default_factory=list)
     actor_restarts: int = 0
 
-    def to_json(self) -> dict:
-        return {
-            "step": self.step,
-            "kl_controller": self.kl_controller,
-            "reward_moments": self.reward_moments,
-            "prompt_sampler": self.prompt_sampler,
-            "python_rng": _jsonable_rng(self.python_rng),
-            "torch_rng": self.torch_rng,
-            "actor_restarts": self.actor_restarts,
-        }
-
     @classmethod
     def from_json(cls, d: dict) -> "DriverState":
-        rng = d.get("python_rng")
-        return cls(
-            step=d["step"],
-            kl_controller=d["kl_controller"],
-            reward_moments=d["reward_moments"],
-            prompt_sampler=d["prompt_sampler"],
-            python_rng=(rng[0], tuple(rng[1]), rng[2]) if rng else None,
-            torch_rng=d.get("torch_rng", []),
-            actor_restarts=d.get("actor_restarts", 0),
-        )
+        rng = d.get("python_rng")  # its tuples were written as JSON lists
+        return cls(**{**d, "python_rng": (rng[0], tuple(rng[1]), rng[2]) if rng else None})
 
 
-def _jsonable_rng(state: Any) -> Any:
-    if state is None:
-        return None
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """The checkpoints that finished writing (have the COMPLETE marker), oldest first."""
+    return sorted(p for p in (output_dir / CHECKPOINTS).glob("step_*") if (p / COMPLETE).exists())
 
 
 def latest_checkpoint(output_dir: Path) -> Optional[Path]:
-    """The newest checkpoint that finished writing (has the COMPLETE marker)."""
-    root = output_dir / CHECKPOINTS
-    done = sorted(p for p in root.glob("step_*") if (p / COMPLETE).exists()) if root.exists() else []
-    return done[-1] if done else None
+    """The newest complete checkpoint (None: none yet)."""
+    return max(complete_checkpoints(output_dir), default=None)
 
 
 def sampling_seed(run_seed: int, step: int) -> int:
     """Per-iteration sampling seed: a resumed run samples exactly as the uninterrupted one would."""
     return (run_seed * 1_000_003 + step * 7919) % (2**31 - 1)
-
-
-# ------------------------------------------------------------------------------------------------
-# The driver
-# ------------------------------------------------------------------------------------------------
 
 
 class PPODriver:
@@ -200,11 +169,10 @@ class PPODriver:
 
             self.roles = launch_local_roles(cfg)
         self.roles.rollout.on_replace = self._resync_engine
-        self.logger = MetricsLogger(self.output_dir, cfg.run, total=cfg.run.iterations)
+        self.logger = MetricsLogger(self.output_dir, cfg.run)
 
         if self.resume:
             self._load_checkpoint()
-        self._pad_id = self.tokenizer.pad_token_id
 
     # -------------------------------------------------------------------------------- the loop
     def fit(self, on_iteration_end: Optional[Callable[["PPODriver", dict], None]] = None) -> list[dict]:
@@ -235,7 +203,7 @@ class PPODriver:
                 seed=sampling_seed(cfg.run.seed, step),
             )
             gens = roles.generate(prompt_ids, sampling)
-            seqs = pack_sequences(gens.prompt_ids, gens.response_ids, self._pad_id)
+            seqs = pack_sequences(gens.prompt_ids, gens.response_ids, self.tokenizer.pad_token_id)
             mask = seqs.response_mask
             seqs_ref = roles.put(seqs)
             rows = [prompts[g] for g in gens.group]
@@ -376,16 +344,11 @@ class PPODriver:
         self.state.python_rng = random.getstate()
         self.state.torch_rng = torch.get_rng_state().tolist()
         self.state.actor_restarts = self.roles.restarts.used
-        (path / DRIVER_STATE).write_text(json.dumps(self.state.to_json()))
+        (path / DRIVER_STATE).write_text(json.dumps(asdict(self.state)))
         (path / COMPLETE).write_text(str(step))
-        self._prune_checkpoints()
-        return path
-
-    def _prune_checkpoints(self) -> None:
-        root = self.output_dir / CHECKPOINTS
-        done = sorted(p for p in root.glob("step_*") if (p / COMPLETE).exists())
-        for old in done[: -self.cfg.run.keep_checkpoints]:
+        for old in complete_checkpoints(self.output_dir)[: -self.cfg.run.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+        return path
 
     def _load_checkpoint(self) -> None:
         path = latest_checkpoint(self.output_dir)
@@ -405,13 +368,13 @@ class PPODriver:
         self.logger.truncate_after(self.state.step)
         print(f"[karma ppo] resumed from {path} at step {self.state.step}", flush=True)
 
-    def export_policy(self, path: Optional[Path] = None) -> Path:
+    def export_policy(self) -> Path:
         """The trained policy as an HF folder, with its lineage: the initial policy's chain plus this
         run's prompts (a prepared corpus counts as exposure to that corpus; a prompt file does not)."""
         from karma_ray.config import to_dict
         from karma_ray.lineage import data_stage, extend_lineage, file_sha256, json_digest, write_lineage
 
-        path = path or self.output_dir / "policy"
+        path = self.output_dir / "policy"
         self.roles.save_policy_hf(path)
         p = self.cfg.prompts
         if p.source == "prepared":
@@ -444,6 +407,5 @@ def _or_nan(x: Optional[float]) -> float:
 def _ragged_to_padded(rows: list[list[float]], shape: torch.Size) -> torch.Tensor:
     out = torch.zeros(shape, dtype=torch.float32)
     for i, r in enumerate(rows):
-        if r:
-            out[i, : len(r)] = torch.as_tensor(r, dtype=torch.float32)
+        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.float32)
     return out

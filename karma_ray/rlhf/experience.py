@@ -29,8 +29,7 @@ from karma_ray.algo.advantages import (
     rloo_advantages,
     whiten_advantages,
 )
-from karma_ray.algo.kl import kl_estimate
-from karma_ray.algo.logprobs import masked_mean, masked_sum
+from karma_ray.algo.logprobs import masked_sum
 from karma_ray.algo.rewards import shape_token_rewards
 from karma_ray.rlhf.config import AlgoConfig
 
@@ -44,10 +43,7 @@ class Advantages:
     kl_per_sequence: torch.Tensor  # (B,) sum over the response
 
 
-AdvantageFn = Callable[..., Advantages]
-
-
-def make_advantage_fn(algo: AlgoConfig) -> AdvantageFn:
+def make_advantage_fn(algo: AlgoConfig) -> Callable[..., Advantages]:
     """Resolve estimator + KL placement into one function:
 
     fn(scores (B,), logprobs (B, R), ref_logprobs (B, R), mask (B, R), values (B, R) | None,
@@ -55,49 +51,35 @@ def make_advantage_fn(algo: AlgoConfig) -> AdvantageFn:
     """
     kl_in_reward = algo.kl_placement == "reward"
 
-    def shaped(scores, logprobs, ref_logprobs, mask, kl_coef):
-        kl = kl_estimate(logprobs, ref_logprobs, algo.kl_estimator, mask=mask)
-        token_rewards, _ = shape_token_rewards(
-            scores, logprobs, ref_logprobs, mask, kl_coef if kl_in_reward else 0.0, algo.kl_estimator
-        )
-        return token_rewards, kl
-
     def finish(adv, mask):
         return whiten_advantages(adv, mask) if algo.whiten_advantages else adv
 
+    # estimate(scores, token_rewards, seq_kl, mask, values, groups, kl_coef) -> (advantages, returns | None)
     if algo.estimator == "gae":
 
-        def fn(scores, logprobs, ref_logprobs, mask, values, groups, kl_coef):
+        def estimate(scores, token_rewards, seq_kl, mask, values, groups, kl_coef):
             if values is None:
                 raise ValueError("estimator 'gae' needs critic values")
-            token_rewards, kl = shaped(scores, logprobs, ref_logprobs, mask, kl_coef)
             adv, returns = gae(token_rewards, values, mask, algo.gamma, algo.lam)
-            return Advantages(finish(adv, mask), returns, token_rewards, kl, masked_sum(kl, mask, dim=-1))
+            return finish(adv, mask), returns
 
     elif algo.estimator == "reinforce++":
 
-        def fn(scores, logprobs, ref_logprobs, mask, values, groups, kl_coef):
-            token_rewards, kl = shaped(scores, logprobs, ref_logprobs, mask, kl_coef)
-            adv, _ = reinforce_plus_plus_advantages(token_rewards, mask, algo.gamma)  # already whitened
-            return Advantages(adv, None, token_rewards, kl, masked_sum(kl, mask, dim=-1))
+        def estimate(scores, token_rewards, seq_kl, mask, values, groups, kl_coef):
+            return reinforce_plus_plus_advantages(token_rewards, mask, algo.gamma)[0], None  # already whitened
 
     else:
         group_fn = grpo_advantages if algo.estimator == "grpo" else rloo_advantages
 
-        def fn(scores, logprobs, ref_logprobs, mask, values, groups, kl_coef):
-            token_rewards, kl = shaped(scores, logprobs, ref_logprobs, mask, kl_coef)
-            seq_kl = masked_sum(kl, mask, dim=-1)
+        def estimate(scores, token_rewards, seq_kl, mask, values, groups, kl_coef):
             seq_scores = scores - kl_coef * seq_kl if kl_in_reward else scores
-            adv = group_fn(seq_scores, groups, mask)
-            return Advantages(finish(adv, mask), None, token_rewards, kl, seq_kl)
+            return finish(group_fn(seq_scores, groups, mask), mask), None
+
+    def fn(scores, logprobs, ref_logprobs, mask, values, groups, kl_coef):
+        beta = kl_coef if kl_in_reward else 0.0  # the KL is in the token rewards only with kl_placement 'reward'
+        token_rewards, kl = shape_token_rewards(scores, logprobs, ref_logprobs, mask, beta, algo.kl_estimator)
+        seq_kl = masked_sum(kl, mask, dim=-1)
+        adv, returns = estimate(scores, token_rewards, seq_kl, mask, values, groups, kl_coef)
+        return Advantages(adv, returns, token_rewards, kl, seq_kl)
 
     return fn
-
-
-def batch_kl(kl: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean per-sequence KL (the quantity adaptive controllers target)."""
-    return float(masked_sum(kl, mask, dim=-1).mean())
-
-
-def token_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    return float(masked_mean(x, mask))

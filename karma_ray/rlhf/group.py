@@ -19,26 +19,25 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
 
 def _rendezvous_address() -> tuple[str, int, str]:
     """(node IP, free port, node id) where this task runs."""
-    import ray
-
     from karma_ray.rlhf.workers.distributed import free_port
 
-    ctx = ray.get_runtime_context()
-    return ray.util.get_node_ip_address(), free_port(), ctx.get_node_id()
+    return ray.util.get_node_ip_address(), free_port(), ray.get_runtime_context().get_node_id()
 
 
 class WorkerGroup:
-    """N actors of `worker_cls`, constructed as worker_cls(*init_args, **init_kwargs, rank=r,
-    world_size=N, master_addr=..., master_port=...) (`distributed=False`: without those four)."""
+    """N actors of `worker_cls`, constructed as worker_cls(**init_kwargs, rank=r, world_size=N,
+    master_addr=..., master_port=...)."""
 
     def __init__(
         self,
         worker_cls: type,
         num_workers: int,
-        init_args: Sequence[Any] = (),
         init_kwargs: Optional[dict[str, Any]] = None,
         *,
         num_cpus: float = 1.0,
@@ -46,30 +45,8 @@ class WorkerGroup:
         placement_group: Any = None,
         bundle_indices: Optional[Sequence[int]] = None,
         runtime_env: Optional[dict[str, Any]] = None,
-        distributed: bool = True,
-        name: Optional[str] = None,
     ) -> None:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
-
-        if num_workers < 1:
-            raise ValueError("num_workers must be >= 1")
-        if placement_group is not None:
-            bundle_indices = list(range(num_workers)) if bundle_indices is None else list(bundle_indices)
-            if len(bundle_indices) != num_workers:
-                raise ValueError(f"{len(bundle_indices)} bundle indices for {num_workers} workers")
-        elif bundle_indices is not None:
-            raise ValueError("bundle_indices need a placement_group")
-        self.worker_cls = worker_cls
-        self.name = name or worker_cls.__name__
-        self.num_workers = num_workers
-
-        def strategy(rank: int) -> Any:
-            if placement_group is None:
-                return None
-            return PlacementGroupSchedulingStrategy(
-                placement_group=placement_group, placement_group_bundle_index=bundle_indices[rank]
-            )
+        self.name = worker_cls.__name__
 
         env = dict(runtime_env or {})
         env_vars = dict(env.get("env_vars", {}))
@@ -78,37 +55,35 @@ class WorkerGroup:
             env_vars.setdefault("DS_ACCELERATOR", "cpu")
         env["env_vars"] = env_vars
 
-        extra: list[dict[str, Any]] = [{} for _ in range(num_workers)]
-        rank0_strategy = strategy(0)
-        if distributed:
-            # Runs where rank 0 will run: inside rank 0's bundle (0 CPUs: the bundle's resources are
-            # the worker's), or anywhere a worker fits, and then rank 0 is pinned to that node.
-            probe_opts: dict[str, Any] = (
-                {"num_cpus": 0, "scheduling_strategy": rank0_strategy}
-                if placement_group is not None
-                else {"num_cpus": num_cpus, "num_gpus": num_gpus}
-            )
-            addr, port, node_id = ray.get(ray.remote(_rendezvous_address).options(**probe_opts).remote())
-            if placement_group is None:
-                rank0_strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-            self.master_addr, self.master_port = addr, port
-            for rank in range(num_workers):
-                extra[rank] = {"rank": rank, "world_size": num_workers, "master_addr": addr, "master_port": port}
+        # The rendezvous probe runs where rank 0 will run: inside rank 0's bundle (0 CPUs: the
+        # bundle's resources are the worker's), or anywhere a worker fits, and then rank 0 is pinned
+        # to that node.
+        if placement_group is not None:
+            bundle_indices = list(range(num_workers)) if bundle_indices is None else list(bundle_indices)
+            if len(bundle_indices) != num_workers:
+                raise ValueError(f"{len(bundle_indices)} bundle indices for {num_workers} workers")
+            strategies: list[Any] = [
+                PlacementGroupSchedulingStrategy(placement_group=placement_group, placement_group_bundle_index=b)
+                for b in bundle_indices
+            ]
+            probe_opts: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": strategies[0]}
+        elif bundle_indices is not None:
+            raise ValueError("bundle_indices need a placement_group")
+        else:
+            strategies = [None] * num_workers
+            probe_opts = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        addr, port, node_id = ray.get(ray.remote(_rendezvous_address).options(**probe_opts).remote())
+        if placement_group is None:
+            strategies[0] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
         remote_cls = ray.remote(worker_cls)
         self.actors = [
-            remote_cls.options(
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                scheduling_strategy=rank0_strategy if rank == 0 else strategy(rank),
-                runtime_env=env,
-            ).remote(*init_args, **(init_kwargs or {}), **extra[rank])
-            for rank in range(num_workers)
+            remote_cls.options(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=strategy, runtime_env=env)
+            .remote(**(init_kwargs or {}), rank=rank, world_size=num_workers, master_addr=addr, master_port=port)
+            for rank, strategy in enumerate(strategies)
         ]
 
     def wait_ready(self, timeout_s: Optional[float] = None) -> None:
         """Block until every worker's constructor finished (raises its error if one failed)."""
-        import ray
-
         refs = [a.__ray_ready__.remote() for a in self.actors]
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         if pending:
@@ -122,16 +97,7 @@ class WorkerGroup:
         """Fan `method(*args, **kwargs)` out to every rank; returns the ObjectRefs in rank order."""
         return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
 
-    def call_rank0(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One ObjectRef: `method` on rank 0 only (NOT for collective methods under ZeRO-3)."""
-        return getattr(self.actors[0], method).remote(*args, **kwargs)
-
     def kill(self) -> None:
-        import ray
-
         for a in self.actors:
             ray.kill(a, no_restart=True)
         self.actors = []
-
-    def __len__(self) -> int:
-        return self.num_workers

@@ -9,9 +9,11 @@ only: data parallelism needs processes.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from types import SimpleNamespace
+from typing import Any, Optional
 
 import torch
 
@@ -20,14 +22,7 @@ from karma_ray.actors import RestartBudget
 from karma_ray.engines.weight_sync import SyncReport
 from karma_ray.rlhf.roles import reference_scorer_kwargs
 from karma_ray.rlhf.workers.distributed import free_port
-from karma_ray.types import CriticStats, PolicyStats
-from karma_ray.types import Generations, SamplingSettings
-
-
-@dataclass
-class _Pool:
-    actors: list
-    on_replace: Optional[Callable[[int, Any], None]] = None
+from karma_ray.types import CriticStats, Generations, PolicyStats, SamplingSettings
 
 
 @dataclass
@@ -41,7 +36,7 @@ class LocalRoles:
     restarts: RestartBudget = field(default_factory=lambda: RestartBudget(0))
 
     def __post_init__(self) -> None:
-        self.rollout = _Pool([self.engine])
+        self.rollout = SimpleNamespace(actors=[self.engine], on_replace=None)  # as an ActorPool looks to the driver
 
     @staticmethod
     def put(obj: Any) -> Any:
@@ -79,8 +74,6 @@ class LocalRoles:
         return p, c
 
     def sync_weights(self, engines: Optional[list] = None) -> SyncReport:
-        import time
-
         start = time.perf_counter()
         buckets = list(self.policy.weight_buckets(self.cfg.rollout.sync_bucket_mib))
         gathered = time.perf_counter() - start
@@ -103,9 +96,7 @@ class LocalRoles:
         self.policy.save_hf(str(path))
 
     def shutdown(self) -> None:
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
+        self.engine.close()
 
 
 def launch_local_roles(cfg: PPOConfig) -> LocalRoles:
@@ -117,8 +108,7 @@ def launch_local_roles(cfg: PPOConfig) -> LocalRoles:
 
     if cfg.policy.num_workers != 1 or (cfg.algo.uses_critic and cfg.critic.num_workers != 1) or cfg.rollout.num_engines != 1:
         raise ValueError("the local backend runs one worker per role (policy/critic num_workers=1, rollout.num_engines=1)")
-    port = free_port()
-    dist = {"rank": 0, "world_size": 1, "master_addr": "127.0.0.1", "master_port": port}
+    dist = {"rank": 0, "world_size": 1, "master_addr": "127.0.0.1", "master_port": free_port()}
     policy = PolicyWorker(cfg.model, cfg.policy, cfg.algo, seed=cfg.run.seed, **dist)
     critic = CriticWorker(cfg.model, cfg.critic, cfg.algo, seed=cfg.run.seed, **dist) if cfg.algo.uses_critic else None
     reference = LogprobScorer(**reference_scorer_kwargs(cfg))

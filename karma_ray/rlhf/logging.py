@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from karma_ray.rlhf.config import RunConfig
 
@@ -17,7 +17,7 @@ CURVES = "curves.png"
 
 
 class MetricsLogger:
-    def __init__(self, output_dir: Path, run: RunConfig, total: int) -> None:
+    def __init__(self, output_dir: Path, run: RunConfig) -> None:
         from tqdm.auto import tqdm
 
         self.output_dir = Path(output_dir)
@@ -39,7 +39,7 @@ class MetricsLogger:
             mlflow.set_tracking_uri(run.mlflow_uri)
             mlflow.start_run()
             self._mlflow = mlflow
-        self._bar = tqdm(total=total, desc="ppo", unit="it", dynamic_ncols=True)
+        self._bar = tqdm(total=run.iterations, desc="ppo", unit="it", dynamic_ncols=True)
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop lines of iterations after the checkpoint (they will be run again)."""
@@ -100,7 +100,7 @@ def _band(ax: Any, steps: list, rows: list[dict], key: str, sem_key: str, label:
                     color=line.get_color())
 
 
-def plot_curves(rows: list[dict], out: Path, title: Optional[str] = None) -> Path:
+def plot_curves(rows: list[dict], out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,7 +153,7 @@ def plot_curves(rows: list[dict], out: Path, title: Optional[str] = None) -> Pat
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for ax in axes.flat:
         ax.set_xlabel("iteration")
-    fig.suptitle(title or "PPO run")
+    fig.suptitle("PPO run")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -56,8 +56,12 @@ class FlopsModel:
 
     @classmethod
     def of(cls, module: torch.nn.Module) -> "FlopsModel":
-        layers, hidden = transformer_shape(module)
-        return cls(matmul_param_count(module), layers, hidden)
+        """Layers and hidden size from the HF config of `module` (or of its `.backbone`)."""
+        for candidate in (module, getattr(module, "backbone", None)):
+            cfg = getattr(candidate, "config", None)
+            if cfg is not None and hasattr(cfg, "num_hidden_layers") and hasattr(cfg, "hidden_size"):
+                return cls(matmul_param_count(module), int(cfg.num_hidden_layers), int(cfg.hidden_size))
+        raise ValueError(f"{type(module).__name__} has no HF config with num_hidden_layers and hidden_size")
 
     def train_flops(self, tokens: int, seq_len: int) -> float:
         """Model FLOPs of forward + backward over `tokens` real tokens in rows of `seq_len` columns."""
@@ -69,17 +73,12 @@ def matmul_param_count(module: torch.nn.Module) -> int:
     unless it is tied to the output layer (then its product is the LM head's, counted once).
 
     Works for HF causal LMs and for backbones wrapped with a head (the critic's ValueModel)."""
-    seen: set[int] = set()
-    total = 0
-    for p in module.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
+    total = sum(p.numel() for p in module.parameters())  # a tied (shared) parameter is listed once
     embeddings = _input_embeddings(module)
     if embeddings is None:
         return total
-    output = _output_embeddings(module)
-    tied = output is not None and output.weight is embeddings.weight
+    output = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
+    tied = output is not None and getattr(output, "weight", None) is embeddings.weight
     return total if tied else total - embeddings.weight.numel()
 
 
@@ -91,21 +90,6 @@ def _input_embeddings(module: torch.nn.Module) -> Optional[torch.nn.Module]:
             if emb is not None and hasattr(emb, "weight"):
                 return emb
     return None
-
-
-def _output_embeddings(module: torch.nn.Module) -> Optional[torch.nn.Module]:
-    getter = getattr(module, "get_output_embeddings", None)
-    out = getter() if getter is not None else None
-    return out if out is not None and hasattr(out, "weight") else None
-
-
-def transformer_shape(module: torch.nn.Module) -> tuple[int, int]:
-    """(num_layers, hidden_size) from the HF config of `module` (or of its `.backbone`)."""
-    for candidate in (module, getattr(module, "backbone", None)):
-        cfg = getattr(candidate, "config", None)
-        if cfg is not None and hasattr(cfg, "num_hidden_layers") and hasattr(cfg, "hidden_size"):
-            return int(cfg.num_hidden_layers), int(cfg.hidden_size)
-    raise ValueError(f"{type(module).__name__} has no HF config with num_hidden_layers and hidden_size")
 
 
 def peak_flops(device_name: str, dtype: torch.dtype) -> Optional[float]:

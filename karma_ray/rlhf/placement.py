@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 
+from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Optional
 
 
@@ -44,12 +46,10 @@ class PlacementPlan:
     requests: dict[str, RoleRequest] = field(default_factory=dict)
 
     def total(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for bundles in self.groups.values():
-            for b in bundles:
-                for k, v in b.items():
-                    out[k] = out.get(k, 0.0) + v
-        return out
+        out: Counter[str] = Counter()
+        for bundle in chain.from_iterable(self.groups.values()):
+            out.update(bundle)
+        return dict(out)
 
 
 def plan_placement(mode: str, strategy: str, requests: list[RoleRequest]) -> PlacementPlan:
@@ -64,15 +64,12 @@ def plan_placement(mode: str, strategy: str, requests: list[RoleRequest]) -> Pla
             groups[r.role] = [r.resources() for _ in range(r.count)]
             slots[r.role] = [(r.role, i) for i in range(r.count)]
     elif mode == "colocated":
-        n = max(r.count for r in requests)
-        bundles: list[dict[str, float]] = [{} for _ in range(n)]
+        bundles: list[Counter[str]] = [Counter() for _ in range(max(r.count for r in requests))]
         for r in requests:
-            slots[r.role] = []
+            slots[r.role] = [("shared", i) for i in range(r.count)]
             for i in range(r.count):
-                for k, v in r.resources().items():
-                    bundles[i][k] = bundles[i].get(k, 0.0) + v
-                slots[r.role].append(("shared", i))
-        groups["shared"] = bundles
+                bundles[i].update(r.resources())
+        groups["shared"] = [dict(b) for b in bundles]
     else:
         raise ValueError(f"unknown placement mode {mode!r}")
     return PlacementPlan(mode, strategy, groups, slots, {r.role: r for r in requests})
@@ -104,8 +101,7 @@ class Placement:
 
     def group_and_bundles(self, role: str) -> tuple[Any, list[int]]:
         """The placement group and bundle index of each actor of `role` (for WorkerGroup)."""
-        names = {g for g, _ in self.plan.slots[role]}
-        (name,) = names
+        (name,) = {g for g, _ in self.plan.slots[role]}
         return self.groups[name], [b for _, b in self.plan.slots[role]]
 
     def remove(self) -> None:
@@ -124,47 +120,41 @@ OWNER_ENV = "KARMA_PLACEMENT_OWNER"
 
 def create_placement(plan: PlacementPlan, timeout_s: float) -> Placement:
     import ray
-    from ray.util import placement_group, remove_placement_group
+    from ray.util import placement_group
 
     owner = os.environ.get(OWNER_ENV, "")
     suffix = f"-{owner}" if owner else ""
     groups = {name: placement_group(bundles, strategy=plan.strategy, name=f"karma-{name}{suffix}")
               for name, bundles in plan.groups.items()}
+    placement = Placement(plan, groups)
     ready, _ = ray.wait([pg.ready() for pg in groups.values()], num_returns=len(groups), timeout=timeout_s)
     if len(ready) < len(groups):
-        for pg in groups.values():
-            remove_placement_group(pg)
+        placement.remove()
         have = ray.cluster_resources()
         raise PlacementError(
             f"placement groups not ready after {timeout_s:.0f} s: the run asks for {plan.total()} "
             f"({plan.mode}; per group {plan.groups}) and the cluster has "
             f"{ {k: v for k, v in have.items() if k in ('CPU', 'GPU')} }. Lower the per-role cpus/gpus or add nodes."
         )
-    return Placement(plan, groups)
+    return placement
 
 
 def check_fits(plan: PlacementPlan, cluster: dict[str, float]) -> Optional[str]:
     """A message when the plan can never fit `cluster` (a fixed cluster without autoscaling), else None."""
-    need = plan.total()
-    short = {k: (v, cluster.get(k, 0.0)) for k, v in need.items() if v > cluster.get(k, 0.0) + 1e-9}
-    if not short:
-        return None
-    return "; ".join(f"{k}: needs {v:g}, cluster has {h:g}" for k, (v, h) in short.items())
+    short = {k: (v, cluster.get(k, 0.0)) for k, v in plan.total().items() if v > cluster.get(k, 0.0) + 1e-9}
+    return "; ".join(f"{k}: needs {v:g}, cluster has {h:g}" for k, (v, h) in short.items()) or None
 
 
-def remove_owned_placement_groups(owner: str) -> list[str]:
-    """Remove every live placement group whose name ends in `-<owner>` (see OWNER_ENV); returns their names."""
+def remove_owned_placement_groups(owner: str) -> None:
+    """Remove every live placement group whose name ends in `-<owner>` (see OWNER_ENV)."""
     from ray.util import get_placement_group, placement_group_table, remove_placement_group
 
-    removed: list[str] = []
     for _ in range(64):  # names may repeat (a retried trial): take them one lookup at a time
         live = [info["name"] for info in placement_group_table().values()
                 if owner and (info.get("name") or "").endswith(f"-{owner}") and info.get("state") != "REMOVED"]
         if not live:
             break
         remove_placement_group(get_placement_group(live[0]))
-        removed.append(live[0])
-    return removed
 
 
 def release_placement_groups_callback() -> Any:
@@ -177,16 +167,9 @@ def release_placement_groups_callback() -> Any:
     from ray import tune
 
     class ReleasePlacementGroups(tune.Callback):
-        def _release(self, trial: Any) -> None:
+        def _release(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             remove_owned_placement_groups(trial.trial_id)
 
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._release(trial)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._release(trial)
-
-        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._release(trial)
+        on_trial_complete = on_trial_error = on_trial_recover = _release
 
     return ReleasePlacementGroups()

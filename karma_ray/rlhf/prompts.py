@@ -37,9 +37,7 @@ def load_prompts(cfg: PromptConfig) -> list[Prompt]:
     path = Path(cfg.path)
     if cfg.source == "prepared":
         rows = _read_prepared(path, cfg.split)
-        contexts = [r["context"] or "" for r in rows]
-        metas = [{k: r.get(k) for k in PROMPT_METADATA_COLUMNS if k in r} for r in rows]
-        ids = [r.get("id") for r in rows]
+        items = [(r["context"] or "", {k: r[k] for k in PROMPT_METADATA_COLUMNS if k in r}, r.get("id")) for r in rows]
     else:
         rows = _read_prompt_file(path)
         missing = sum(1 for r in rows if not isinstance(r.get(cfg.field), str))
@@ -48,10 +46,8 @@ def load_prompts(cfg: PromptConfig) -> list[Prompt]:
             raise PromptError(f"{path}: no row has a string field {cfg.field!r} (keys: {keys}); set prompts.field")
         if missing:
             raise PromptError(f"{path}: {missing} of {len(rows)} rows lack a string {cfg.field!r}")
-        contexts = [r[cfg.field] for r in rows]
-        metas = [{} for _ in rows]
-        ids = [None for _ in rows]
-    prompts = [Prompt(c, policy_prompt(c) if cfg.render else c, m, i) for c, m, i in zip(contexts, metas, ids)]
+        items = [(r[cfg.field], {}, None) for r in rows]
+    prompts = [Prompt(c, policy_prompt(c) if cfg.render else c, m, i) for c, m, i in items]
     if cfg.max_prompts is not None:
         prompts = prompts[: cfg.max_prompts]
     if not prompts:
@@ -105,8 +101,7 @@ def _read_prompt_file(path: Path) -> list[dict]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
-                bad.append(lineno)
-                continue
+                obj = None
             if isinstance(obj, dict):
                 rows.append(obj)
             else:

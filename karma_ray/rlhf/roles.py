@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -24,12 +25,6 @@ from karma_ray.rlhf.config import PPOConfig
 from karma_ray.rlhf.placement import Placement, RoleRequest, check_fits, create_placement, plan_placement
 from karma_ray.engines.weight_sync import SyncReport, sync_weights
 from karma_ray.types import CriticStats, Generations, PolicyStats, SamplingSettings, concat_generations
-
-
-
-# ------------------------------------------------------------------------------------------------
-# Launching
-# ------------------------------------------------------------------------------------------------
 
 
 def role_requests(cfg: PPOConfig) -> list[RoleRequest]:
@@ -113,20 +108,16 @@ def launch_roles(cfg: PPOConfig, output_dir: Path) -> "Roles":
             .remote(cfg.model.policy, cfg.rollout, seed=cfg.run.seed + i, dtype=cfg.model.dtype)
         )
 
-    def reward_launcher(model_index: int) -> Callable[[int], Any]:
+    def launch_reward(model_index: int, i: int) -> Any:
         spec = cfg.reward.models[model_index]
+        return (
+            ray.remote(RewardWorker)
+            .options(**placement.options_for("reward", model_index * cfg.reward.num_actors + i), runtime_env=env)
+            .remote(spec.path, name=spec.name, batch_size=cfg.reward.batch_size)
+        )
 
-        def launch(i: int) -> Any:
-            slot = model_index * cfg.reward.num_actors + i
-            return (
-                ray.remote(RewardWorker)
-                .options(**placement.options_for("reward", slot), runtime_env=env)
-                .remote(spec.path, name=spec.name, batch_size=cfg.reward.batch_size)
-            )
-
-        return launch
-
-    rewards = [ActorPool(f"reward[{m}]", cfg.reward.num_actors, reward_launcher(m), restarts) for m in range(len(cfg.reward.models))]
+    rewards = [ActorPool(f"reward[{m}]", cfg.reward.num_actors, partial(launch_reward, m), restarts)
+               for m in range(len(cfg.reward.models))]
     rollout = ActorPool("rollout", cfg.rollout.num_engines, launch_engine, restarts)
     ray.get([reference.ready.remote()])
     for trainer in (policy, critic):
@@ -135,20 +126,10 @@ def launch_roles(cfg: PPOConfig, output_dir: Path) -> "Roles":
     return Roles(cfg, placement, policy, critic, reference, rewards, rollout, restarts)
 
 
-# ------------------------------------------------------------------------------------------------
-# Typed calls
-# ------------------------------------------------------------------------------------------------
-
-
 def _split(n: int, parts: int) -> list[tuple[int, int]]:
     """[start, end) ranges of n items over `parts` workers, sizes differing by at most one."""
-    base, extra = divmod(n, parts)
-    out, start = [], 0
-    for i in range(parts):
-        end = start + base + (1 if i < extra else 0)
-        out.append((start, end))
-        start = end
-    return out
+    base, extra = divmod(n, parts)  # the first `extra` ranges get one item more
+    return [(i * base + min(i, extra), (i + 1) * base + min(i + 1, extra)) for i in range(parts)]
 
 
 @dataclass
@@ -182,7 +163,7 @@ class Roles:
 
         def call(actor, i):
             a, b = ranges[i]
-            s = SamplingSettings(**{**sampling.__dict__, "seed": None if sampling.seed is None else sampling.seed + i})
+            s = replace(sampling, seed=None if sampling.seed is None else sampling.seed + i)
             return actor.generate.remote(prompt_ids[a:b], s)
 
         nonempty = [i for i, (a, b) in enumerate(ranges) if b > a]
@@ -205,11 +186,8 @@ class Roles:
 
     def collect_scores(self, refs: list[dict[int, Any]]) -> list[torch.Tensor]:
         """(B,) scores per reward model; dead reward actors are replaced and re-asked."""
-        scores = []
-        for m, pool in enumerate(self.rewards):
-            parts = pool.collect(refs[m], self._score_calls[m])
-            scores.append(torch.cat([p[0] for p in parts]))
-        return scores
+        parts = [pool.collect(refs[m], self._score_calls[m]) for m, pool in enumerate(self.rewards)]
+        return [torch.cat([scores for scores, _seconds in p]) for p in parts]
 
     # 4 reference
     def reference_logprobs(self, seqs_ref: Any) -> Any:
@@ -228,9 +206,8 @@ class Roles:
         import ray
 
         start = time.perf_counter()
-        named = {"reference": [ref_ref], "policy_logprobs": list(policy_refs), "values": list(value_refs)}
-        for m, refs in enumerate(score_refs):
-            named[f"score{m}"] = list(refs.values())
+        named = {"reference": [ref_ref], "policy_logprobs": list(policy_refs), "values": list(value_refs),
+                 **{f"score{m}": list(refs.values()) for m, refs in enumerate(score_refs)}}
         owner = {r: name for name, refs in named.items() for r in refs}
         pending, seen = list(owner), {}
         while pending:
@@ -242,13 +219,10 @@ class Roles:
     # 7 update
     def train_step(self, exp_ref: Any, kl_coef: float) -> tuple[PolicyStats, Optional[CriticStats]]:
         """Every rank trains; their stats are all-reduced, so rank 0's stand for the group."""
-        import ray
-
         p_refs = self.policy.call("train_step", exp_ref, kl_coef=kl_coef)
         c_refs = self.critic.call("train_step", exp_ref) if self.critic is not None else []
-        results = ray.get(p_refs + c_refs)
-        p, c = results[: len(p_refs)], results[len(p_refs) :]
-        return p[0], (c[0] if c else None)
+        results = self.get(p_refs + c_refs)
+        return results[0], (results[len(p_refs)] if c_refs else None)
 
     # 8 sync
     def sync_weights(self, engines: Optional[list] = None) -> SyncReport:
@@ -265,26 +239,20 @@ class Roles:
 
     # checkpoints
     def save_checkpoint(self, path: Path) -> None:
-        import ray
-
         refs = self.policy.call("save_checkpoint", str(path / "policy"))
         refs += self.policy.call("save_hf", str(path / "policy_hf"))
         if self.critic is not None:
             refs += self.critic.call("save_checkpoint", str(path / "critic"))
-        ray.get(refs)
+        self.get(refs)
 
     def load_checkpoint(self, path: Path) -> None:
-        import ray
-
         refs = self.policy.call("load_checkpoint", str(path / "policy"))
         if self.critic is not None:
             refs += self.critic.call("load_checkpoint", str(path / "critic"))
-        ray.get(refs)
+        self.get(refs)
 
     def save_policy_hf(self, path: Path) -> None:
-        import ray
-
-        ray.get(self.policy.call("save_hf", str(path)))
+        self.get(self.policy.call("save_hf", str(path)))
 
     def shutdown(self) -> None:
         import ray

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
-from karma_ray.config import ConfigError, describe, load_config
+from karma_ray.cli import parse_stage_args, run_stage
 from karma_ray.sft.config import SFTConfig
 
 
 def sft_main(argv: Sequence[str]) -> int:
-    from karma_ray.cli import split_overrides
-
     p = argparse.ArgumentParser(
         prog="karma sft",
         description="Supervised fine-tuning of a causal LM on prepared (context, reply) examples (Ray Train); "
@@ -25,15 +22,9 @@ def sft_main(argv: Sequence[str]) -> int:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --output (only a folder an earlier run wrote)")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
-    args = p.parse_intermixed_args(argv)
-    if args.help_config:
-        print("\n".join(describe(SFTConfig)))
+    args = parse_stage_args(p, argv, SFTConfig, required=("data", "output"), overrides_only=True)
+    if args is None:
         return 0
-    paths, overrides = split_overrides(args.items)
-    if paths:
-        p.error(f"unexpected arguments {paths} (overrides look like key.path=value)")
-    if not args.data or not args.output:
-        p.error("--data and --output are required")
 
     from karma_ray.data.corpus import CorpusError
     from karma_ray.sft.data import SFTDataError
@@ -41,12 +32,10 @@ def sft_main(argv: Sequence[str]) -> int:
     from karma_ray.sft.train import run_sft
     from karma_ray.stage import OutputExistsError
 
-    try:
-        cfg = load_config(SFTConfig, args.config, overrides)
-        # run_sft checks the output folder, manifest, model folder, splits and step count before Ray starts
-        result = run_sft(cfg, args.output, data=args.data, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, CorpusError, SFTDataError, LineageError, OutputExistsError) as exc:
-        print(f"karma sft: error: {exc}", file=sys.stderr)
+    # run_sft checks the output folder, manifest, model folder, splits and step count before Ray starts
+    result = run_stage(p, SFTConfig, args.config, args.items, (CorpusError, SFTDataError, LineageError, OutputExistsError),
+                       lambda cfg: run_sft(cfg, args.output, data=args.data, resume=args.resume, overwrite=args.overwrite))
+    if result is None:
         return 2
     print(f"karma sft: {result.steps} steps on {result.num_examples:,} examples -> {result.model_dir}")
     return 0

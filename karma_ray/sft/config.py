@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from karma_ray.config import ConfigError, RayConfig, option, section
+from karma_ray.config import ConfigError, RayConfig, at_least, option, section
 from karma_ray.training.config import DeepSpeedConfig
 
 
@@ -62,8 +62,7 @@ class SFTDataConfig:
             raise ConfigError("data.max_prompt_tokens must be >= 1 and data.max_reply_tokens >= 2")
         if self.min_sibling_percentile is not None and not 0.0 <= self.min_sibling_percentile <= 1.0:
             raise ConfigError("data.min_sibling_percentile must be in [0, 1]")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ConfigError("data.max_examples must be >= 1")
+        at_least("data.max_examples", self.max_examples, 1)
 
 
 @dataclass(frozen=True)
@@ -103,8 +102,7 @@ class SFTTrainConfig:
             raise ConfigError("train.max_steps must be >= 1 or null")
         if self.log_every_steps < 1 or self.checkpoint_every_steps < 1 or self.keep_checkpoints < 1:
             raise ConfigError("train: log_every_steps, checkpoint_every_steps and keep_checkpoints must be >= 1")
-        if self.max_failures < -1:
-            raise ConfigError("train.max_failures must be >= -1")
+        at_least("train.max_failures", self.max_failures, -1)
 
 
 @dataclass(frozen=True)
@@ -131,11 +129,8 @@ class SFTConfig:
     def validate(self) -> None:
         if self.data.val_split is not None and 0 < self.data.eval_examples < self.scaling.num_workers:
             raise ConfigError("data.eval_examples must be 0 or >= scaling.num_workers (each worker evaluates an equal share)")
-        need = self.scaling.num_workers * self.scaling.cpus_per_worker + self.data.read_cpus
-        if self.ray.num_cpus is not None and need > self.ray.num_cpus:
-            raise ConfigError(
-                f"scaling.num_workers x scaling.cpus_per_worker + data.read_cpus = {need:g} CPUs > ray.num_cpus = "
-                f"{self.ray.num_cpus}: the data pipeline would never get a CPU"
-            )
+        self.ray.check_fits(self.scaling.num_workers * self.scaling.cpus_per_worker + self.data.read_cpus,
+                            "scaling.num_workers x scaling.cpus_per_worker + data.read_cpus",
+                            "the data pipeline would never get a CPU")
         if self.deepspeed.offload_optimizer and not self.scaling.use_gpu:
             raise ConfigError("deepspeed.offload_optimizer only makes sense with scaling.use_gpu=true")

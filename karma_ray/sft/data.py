@@ -24,6 +24,7 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from karma_ray.data.format import policy_prompt, policy_reply
 from karma_ray.sft.config import SFTDataConfig
@@ -56,15 +57,6 @@ class SFTBatch:
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
-    @property
-    def num_target_tokens(self) -> int:
-        return int((self.labels != IGNORE_INDEX).sum())
-
-
-def special_prefix_length(tokenizer) -> int:
-    """Tokens the tokenizer puts before any text (BOS for Llama-style tokenizers, none for GPT-2)."""
-    return len(tokenizer("").input_ids)
-
 
 def encode_example(tokenizer, context: str, reply: str, max_prompt_tokens: int, max_reply_tokens: int) -> EncodedExample:
     """Token ids of one example, cut to the budgets.
@@ -75,9 +67,9 @@ def encode_example(tokenizer, context: str, reply: str, max_prompt_tokens: int, 
     human author did not would bias it towards short replies.
     """
     prompt = tokenizer(policy_prompt(context)).input_ids
-    n_prefix = special_prefix_length(tokenizer)
     prompt_truncated = len(prompt) > max_prompt_tokens
     if prompt_truncated:
+        n_prefix = len(tokenizer("").input_ids)  # the special prefix: BOS for Llama-style tokenizers, none for GPT-2
         keep = max(max_prompt_tokens - n_prefix, 0)
         prompt = prompt[:n_prefix] + (prompt[len(prompt) - keep :] if keep else [])
         prompt = prompt[:max_prompt_tokens]
@@ -91,16 +83,15 @@ def collate(examples: Sequence[EncodedExample], pad_token_id: int) -> SFTBatch:
     """Prompt+target, right-padded to the longest sequence of the batch."""
     if not examples:
         raise ValueError("collate needs at least one example")
-    length = max(len(e.prompt_ids) + len(e.target_ids) for e in examples)
-    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(examples), length), dtype=torch.long)
-    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
-    for row, e in enumerate(examples):
-        p, t = len(e.prompt_ids), len(e.target_ids)
-        input_ids[row, : p + t] = torch.tensor(e.prompt_ids + e.target_ids, dtype=torch.long)
-        attention[row, : p + t] = 1
-        labels[row, p : p + t] = torch.tensor(e.target_ids, dtype=torch.long)
-    return SFTBatch(input_ids=input_ids, attention_mask=attention, labels=labels)
+
+    def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+        return pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True, padding_value=value)
+
+    return SFTBatch(
+        input_ids=pad([e.prompt_ids + e.target_ids for e in examples], pad_token_id),
+        attention_mask=pad([[1] * (len(e.prompt_ids) + len(e.target_ids)) for e in examples], 0),
+        labels=pad([[IGNORE_INDEX] * len(e.prompt_ids) + e.target_ids for e in examples], IGNORE_INDEX),
+    )
 
 
 def make_batch(tokenizer, contexts: Sequence[str], replies: Sequence[str], cfg: SFTDataConfig) -> SFTBatch:
@@ -187,8 +178,6 @@ def validation_rows(prepared_dir: str | os.PathLike, cfg: SFTDataConfig, num_wor
     are collective)."""
     if cfg.val_split is None or cfg.eval_examples == 0:
         return [], []
-    table = keep_rows(read_rows(split_dirs(prepared_dir, [cfg.val_split]), ROW_COLUMNS), cfg)
-    table = table.sort_by("id")
-    n = min(cfg.eval_examples, table.num_rows) // num_workers * num_workers
-    table = table.slice(0, n)
+    table = keep_rows(read_rows(split_dirs(prepared_dir, [cfg.val_split]), ROW_COLUMNS), cfg).sort_by("id")
+    table = table.slice(0, min(cfg.eval_examples, table.num_rows) // num_workers * num_workers)
     return table["context"].to_pylist(), table["reply"].to_pylist()

@@ -33,7 +33,7 @@ from karma_ray import lineage as lin
 from karma_ray.sft.config import SFTConfig
 from karma_ray.data.corpus import PreparedCorpus
 from karma_ray.training.faults import FaultInjector
-from karma_ray.training.loop import LoopPlan, LoopState, StepSums, all_reduce_sum, run_loop, torch_trainer, worker_shard
+from karma_ray.training.loop import LoopPlan, LoopState, StepSums, all_reduce_sum, run_loop, torch_trainer, worker_context, worker_shard
 from karma_ray.sft.data import ROW_COLUMNS, SFTBatch, SFTDataError, keep_rows, make_batch, reply_nll, split_dirs, training_set, validation_rows
 from karma_ray.stage import OutputExistsError, begin_stage, claim_output, config_digest, finish_stage
 
@@ -187,9 +187,7 @@ class SFTLearner:
         if self.learner.engine is None:
             from safetensors.torch import load_file
 
-            state: dict = {}
-            for w in sorted((folder / MODEL_DIR).glob("*.safetensors")):
-                state.update(load_file(str(w)))
+            state = {k: v for w in sorted((folder / MODEL_DIR).glob("*.safetensors")) for k, v in load_file(str(w)).items()}
             missing, unexpected = self.module.load_state_dict(state, strict=False)
             # tied weights are saved once; anything else missing means a different architecture
             tied = getattr(self.module, "_tied_weights_keys", None) or ()
@@ -201,21 +199,10 @@ class SFTLearner:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: the shared training loop (karma_ray/training/loop.py) on an SFTLearner."""
-    import ray.train
-
-
     cfg: SFTConfig = config["cfg"]
     total: int = config["total_steps"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world, device = worker_context(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed + rank)
-    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
-    if cfg.scaling.use_gpu:
-        import ray.train.torch
-
-        device = ray.train.torch.get_device()
-    else:
-        device = torch.device("cpu")
     learner = SFTLearner(cfg, total, device, shard=worker_shard("train"),
                          val=(config["val_contexts"], config["val_replies"]), rank=rank, world=world)
     # with max_steps the epochs run on until the steps are done
@@ -341,10 +328,9 @@ def export(checkpoint, out: Path, prepared_dir: str | os.PathLike, cfg: SFTConfi
         shutil.copytree(Path(folder) / MODEL_DIR, model_dir)
     ids_file = lin.write_example_ids(ids, out / lin.IDS_FILE)
     shutil.copy2(ids_file, model_dir / lin.IDS_FILE)
-    base = cfg.model.path
-    base_ref = str(Path(base).resolve()) if Path(base).exists() else base
+    base = cfg.model.path  # a local folder is already absolute (run_sft)
     stage = lin.data_stage(
-        "sft", base_ref, prepared_dir, cfg.data.splits, ids, to_dict(cfg),
+        "sft", base, prepared_dir, cfg.data.splits, ids, to_dict(cfg),
         example_ids_file=str(ids_file.resolve()), steps=state.step, examples_seen=state.samples_seen,
         filters={"min_score": cfg.data.min_score, "min_sibling_percentile": cfg.data.min_sibling_percentile,
                  "max_examples": cfg.data.max_examples},

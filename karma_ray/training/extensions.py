@@ -15,6 +15,7 @@ Two defences, both here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -23,16 +24,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 OP_PREFIX = "deepspeed_"
-
-
-def extensions_root() -> Path:
-    """torch's JIT build root: TORCH_EXTENSIONS_DIR (ops build directly under it), else
-    ~/.cache/torch_extensions (ops build under a py311_cpu-like folder in it)."""
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):
-        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
-    from torch.utils.cpp_extension import get_default_build_root
-
-    return Path(get_default_build_root())
 
 
 def _working_dirs() -> set[Path]:
@@ -59,7 +50,13 @@ def clear_stale_build_locks(root: Path | None = None, min_age_s: float = 60.0, w
     run's orphaned compiler (ninja gives each its own process group, so a group kill misses it),
     this waits for it, up to `wait_s`, and then either the builder has removed its lock or it is
     stale."""
-    root = extensions_root() if root is None else Path(root)
+    if root is None:
+        # torch's JIT build root: TORCH_EXTENSIONS_DIR (ops build directly under it), else
+        # ~/.cache/torch_extensions (ops build under a py311_cpu-like folder in it)
+        from torch.utils.cpp_extension import get_default_build_root
+
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    root = Path(root)
     if not root.is_dir():
         return []
     pending = set(root.glob(f"*/{OP_PREFIX}*/lock")) | set(root.glob(f"{OP_PREFIX}*/lock"))
@@ -80,11 +77,8 @@ def clear_stale_build_locks(root: Path | None = None, min_age_s: float = 60.0, w
             if lock not in idle_once:
                 idle_once.add(lock)
                 continue
-            try:
+            with contextlib.suppress(FileNotFoundError):  # its builder removed it meanwhile
                 lock.unlink()
-            except FileNotFoundError:
-                pass
-            else:
                 log.warning("removed a stale build lock %s (%.0f s old, no build running there): a run "
                             "was killed while DeepSpeed compiled %s", lock, age, lock.parent.name)
                 removed.append(lock)

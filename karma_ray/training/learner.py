@@ -118,9 +118,6 @@ class Learner:
             self.optimizer, self.scheduler = optimizer, scheduler
             self.model = torch.nn.parallel.DistributedDataParallel(module) if self.distributed else module
 
-    def train(self, mode: bool = True) -> None:
-        self.model.train(mode)
-
     def step(self, micro_batches: Sequence[Any], loss_fn: Callable[[Any, Any], tuple[torch.Tensor, Any]]) -> StepResult:
         """One optimizer step. `loss_fn(model, micro)` returns (the micro-batch's mean loss, anything);
         the step's loss is the mean over the micro-batches (and over workers, by DDP or ZeRO)."""

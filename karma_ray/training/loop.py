@@ -114,19 +114,6 @@ def all_reduce_sum(values: Sequence[float], device: Any = "cpu") -> list[float]:
     return t.tolist()
 
 
-def _write_progress(path: str, step: int) -> None:
-    """The step count for the driver's bar. On a cluster without a shared output folder the worker
-    cannot reach it: the bar then stays still, and training goes on."""
-    try:
-        Path(path).write_text(f"{step}\n")
-    except OSError:
-        pass
-
-
-def _nan_for_none(metrics: dict) -> dict:
-    return {k: (math.nan if v is None else v) for k, v in metrics.items()}
-
-
 class _Window:
     """Step sums since the last report, reduced over workers when a report reads them."""
 
@@ -139,8 +126,7 @@ class _Window:
         self.last: Optional[StepSums] = None
 
     def add(self, s: StepSums) -> None:
-        for i, v in enumerate((s.loss_sum, s.loss_count, s.samples, s.tokens)):
-            self.sums[i] += v
+        self.sums = [a + b for a, b in zip(self.sums, (s.loss_sum, s.loss_count, s.samples, s.tokens))]
         self.last = s
 
 
@@ -152,11 +138,8 @@ class RayTrainSession:
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            yield None
-            return
-        with checkpoint.as_directory() as folder:
-            yield Path(folder)
+        with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as folder:
+            yield Path(folder) if folder is not None else None
 
     def report(self, metrics: dict, folder: Optional[Path], name: str) -> None:
         import ray.train
@@ -235,8 +218,9 @@ def run_loop(task: TrainTask, plan: LoopPlan, *, rank: int, device: Any = "cpu",
             rate = f" ({record['samples_per_s']:.1f} samples/s)" if samples else ""
             print(f"[{plan.stage}] step {state.step} epoch {epoch} {shown}{rate}", flush=True)
         window.reset()
+        reported = {k: (math.nan if v is None else v) for k, v in record.items()}  # the history keeps None
         if not with_checkpoint:
-            session.report(_nan_for_none(record), None, "")
+            session.report(reported, None, "")
             return
         name = (f"epoch_{epoch:04d}" if epoch_end else f"checkpoint_{state.step:06d}") + (
             f"_r{state.restarts}" if state.restarts and not epoch_end else "") + ("_final" if final else "")
@@ -244,7 +228,7 @@ def run_loop(task: TrainTask, plan: LoopPlan, *, rank: int, device: Any = "cpu",
             task.save(Path(tmp), writer=rank == 0)
             if rank == 0:
                 state.write(Path(tmp))
-            session.report(_nan_for_none(record), Path(tmp) if any(Path(tmp).iterdir()) else None, name)
+            session.report(reported, Path(tmp) if any(Path(tmp).iterdir()) else None, name)
         checkpointed_at = state.step
 
     def done() -> bool:
@@ -262,7 +246,10 @@ def run_loop(task: TrainTask, plan: LoopPlan, *, rank: int, device: Any = "cpu",
             pending = []
             state.step += 1
             if plan.progress_file and rank == 0:
-                _write_progress(plan.progress_file, state.step)
+                # the step count for the driver's bar. On a cluster without a shared output folder the
+                # worker cannot reach it: the bar then stays still, and training goes on.
+                with contextlib.suppress(OSError):
+                    Path(plan.progress_file).write_text(f"{state.step}\n")
             after_step(state.step)
             if done():
                 break
@@ -319,6 +306,17 @@ def fixed_shards(datasets: dict, split: Sequence[str], num_workers: int) -> dict
         for rank, part in enumerate(ds.split(num_workers, equal=True)):
             out[f"{name}@{rank}"] = part
     return out
+
+
+def worker_context(threads: int) -> tuple[int, int, Any]:
+    """This Ray Train worker's (rank, world size, torch device: a CPU one where it has no GPU), its
+    torch threads set to `threads`."""
+    import ray.train.torch
+    import torch
+
+    ctx = ray.train.get_context()
+    torch.set_num_threads(threads)
+    return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
 
 
 def worker_shard(name: str) -> Any:

@@ -6,7 +6,6 @@ import json
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest

@@ -3,6 +3,7 @@
 import time
 import json
 import random
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -167,7 +168,7 @@ def test_advantage_fn_group_estimators_fold_kl_into_the_sequence_score():
 def test_driver_state_roundtrip_and_checkpoint_discovery(tmp_path):
     random.seed(3)
     st = DriverState(step=4, kl_controller={"a": 1}, python_rng=random.getstate(), torch_rng=torch.get_rng_state().tolist())
-    back = DriverState.from_json(json.loads(json.dumps(st.to_json())))
+    back = DriverState.from_json(json.loads(json.dumps(asdict(st))))
     random.setstate(back.python_rng)
     x = random.random()
     random.seed(3)

@@ -47,7 +47,7 @@ def test_sequence_is_prompt_then_reply_and_only_reply_positions_are_labelled():
     assert batch.input_ids.tolist() == [[2, d, user, x, y, 1], [2, a, user, z, 1, 0]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]]
     assert batch.labels.tolist() == [[-100, -100, -100, x, y, 1], [-100, -100, -100, z, 1, -100]]
-    assert batch.num_target_tokens == 5 and batch.num_tokens == 11
+    assert batch.num_tokens == 11
 
 
 def test_loss_counts_exactly_the_positions_that_predict_reply_tokens():

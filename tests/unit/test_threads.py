@@ -1,7 +1,6 @@
 """Thread building on hand-made threads: chains, depth, dangling parents, duplicates, features,
 labels, pairs, and the ledger's one-outcome-per-record accounting."""
 
-import pyarrow.compute as pc
 import pytest
 
 from karma_ray.config import PrepareConfig, load_config

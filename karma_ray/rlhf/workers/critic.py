@@ -19,15 +19,8 @@ import torch
 
 from karma_ray.algo import aggregate_loss, value_loss
 from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig
-from karma_ray.rlhf.perf import FlopsModel, device_peak_flops
-from karma_ray.engines.forward import disable_dropout, resolve_device, resolve_dtype, row_chunks, select_rows, sequences_to
-from karma_ray.rlhf.workers.distributed import (
-    ZeroTrainer,
-    build_engine,
-    init_distributed,
-    quiet_deepspeed,
-    seed_everything,
-)
+from karma_ray.engines.forward import resolve_device, resolve_dtype, row_chunks, select_rows, sequences_to
+from karma_ray.rlhf.workers.distributed import ZeroTrainer, init_distributed, seed_everything
 from karma_ray.types import CriticStats, Experience, SequenceBatch
 
 HEAD_FILE = "value_head.safetensors"  # beside the backbone's HF files in a critic folder
@@ -47,9 +40,9 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden_size + 1))
         torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: SequenceBatch) -> torch.Tensor:
         hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False
         ).last_hidden_state  # (B, T, H)
         return self.value_head(hidden).squeeze(-1)  # (B, T)
 
@@ -91,47 +84,26 @@ class CriticWorker:
         master_port: int,
         seed: int = 0,
     ) -> None:
-        self.model_cfg, self.trainer_cfg, self.algo = model, trainer, algo
-        self.rank, self.world_size = rank, world_size
+        self.trainer_cfg, self.algo, self.rank = trainer, algo, rank
         self.device = resolve_device()
-        self.dtype = resolve_dtype(model.dtype, self.device)
+        dtype = resolve_dtype(model.dtype, self.device)
         init_distributed(rank, world_size, master_addr, master_port, self.device)
-        quiet_deepspeed()
         torch.manual_seed(seed)  # the same fresh head on every rank
         module = load_value_model(model)
         seed_everything(seed + rank)
-        disable_dropout(module)
         if trainer.gradient_checkpointing:
             module.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        flops = FlopsModel.of(module)  # before DeepSpeed partitions the parameters (ZeRO-3)
-        engine = build_engine(module, trainer, algo.minibatch_size, world_size, self.dtype)
-        self.trainer = ZeroTrainer(
-            engine=engine,
-            rank=rank,
-            world_size=world_size,
-            device=self.device,
-            minibatch_size=algo.minibatch_size,
-            micro_batch_size=trainer.micro_batch_size,
-            loss_agg=algo.loss_agg,
-            shuffle=torch.Generator().manual_seed(seed + 1),  # same on all ranks; not the policy's order
-            flops=flops,
-            peak_flops=device_peak_flops(self.device, self.dtype),
-        )
-
-    def ready(self) -> bool:
-        return True
+        # shuffle seed: the same on all ranks; not the policy's order
+        self.trainer = ZeroTrainer.build(module, trainer, algo, rank, world_size, self.device, dtype, seed + 1)
 
     @torch.no_grad()
     def values(self, batch: SequenceBatch) -> torch.Tensor:
         """(B, R) values of the response tokens (0 on padding), float32 on CPU; all ranks, all rows."""
         module = self.trainer.module
         module.eval()
-        out = []
-        for index in row_chunks(len(batch), self.trainer_cfg.micro_batch_size):
-            micro = sequences_to(select_rows(batch, index), self.device)
-            per_position = module(micro.input_ids, micro.attention_mask, micro.position_ids)
-            out.append(response_values(per_position, micro).cpu())
-        return torch.cat(out)
+        chunks = row_chunks(len(batch), self.trainer_cfg.micro_batch_size)
+        micros = (sequences_to(select_rows(batch, index), self.device) for index in chunks)
+        return torch.cat([response_values(module(micro), micro).cpu() for micro in micros])
 
     def train_step(self, experience: Experience) -> CriticStats:
         """algo.ppo_epochs passes of minibatches with the clipped value loss (algo.value_clip) of the
@@ -145,8 +117,7 @@ class CriticWorker:
 
         def micro_loss(micro: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             seq = micro.sequences
-            per_position = self.trainer.module(seq.input_ids, seq.attention_mask, seq.position_ids)
-            values = response_values(per_position, seq)
+            values = response_values(self.trainer.module(seq), seq)
             loss, clip_frac = value_loss(
                 values, micro.values, micro.returns, seq.response_mask, clip_range=algo.value_clip, loss_agg=algo.loss_agg
             )
@@ -154,7 +125,7 @@ class CriticWorker:
             return loss, {"value_loss": loss.detach(), "value_clip_frac": clip_frac, "values": mean_value}
 
         terms, update = self.trainer.train(experience, algo.ppo_epochs, micro_loss)
-        return CriticStats(value_loss=terms["value_loss"], value_clip_frac=terms["value_clip_frac"], values=terms["values"], update=update)
+        return CriticStats(**terms, update=update)  # the metrics are named as CriticStats's fields
 
     def save_hf(self, path: str | os.PathLike) -> Optional[str]:
         """Rank 0 writes the backbone as an HF folder (loadable with load_backbone) plus

@@ -20,19 +20,20 @@ Imports torch and karma_ray.types only; DeepSpeed is imported inside the functio
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from karma_ray.rlhf.perf import FlopsModel, model_flops_utilization
-from karma_ray.engines.forward import row_chunks, sequences_to
+from karma_ray.rlhf.perf import FlopsModel, device_peak_flops, model_flops_utilization
+from karma_ray.engines.forward import disable_dropout, row_chunks, sequences_to
 from karma_ray.training.extensions import clear_stale_build_locks
 from karma_ray.training.learner import deepspeed_json, iter_full_state
 from karma_ray.types import Experience, UpdateStats
@@ -42,7 +43,7 @@ DS_TAG = "deepspeed"  # the DeepSpeed checkpoint tag: one fixed sub-folder per c
 
 
 # ------------------------------------------------------------------------------------------------
-# Devices, dtypes, the process group
+# The process group
 # ------------------------------------------------------------------------------------------------
 
 
@@ -91,12 +92,11 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     import deepspeed
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        if dist.get_world_size() != world_size or dist.get_rank() != rank:
-            raise RuntimeError(
-                f"this process already belongs to a process group (rank {dist.get_rank()} of "
-                f"{dist.get_world_size()}); cannot join as rank {rank} of {world_size}"
-            )
+    if dist.is_initialized() and (dist.get_world_size() != world_size or dist.get_rank() != rank):
+        raise RuntimeError(
+            f"this process already belongs to a process group (rank {dist.get_rank()} of "
+            f"{dist.get_world_size()}); cannot join as rank {rank} of {world_size}"
+        )
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
         MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
@@ -111,15 +111,8 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
         world_size=world_size,
         verbose=False,
     )
-
-
-def quiet_deepspeed() -> None:
-    """DeepSpeed logs every config key at INFO on each rank; keep warnings only."""
-    import logging
-
-    from deepspeed.utils import logger
-
-    logger.setLevel(logging.WARNING)
+    # DeepSpeed logs every config key at INFO on each rank; keep warnings only.
+    deepspeed.utils.logger.setLevel(logging.WARNING)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,11 +123,9 @@ def quiet_deepspeed() -> None:
 def optimizer_param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only, not on biases and norm scales (1-D tensors), the
     usual transformer recipe (BERT, GPT-2, OpenRLHF's get_optimizer_grouped_parameters)."""
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
@@ -146,40 +137,15 @@ def micro_plan(minibatch_size: int, world_size: int, micro_batch_size: int) -> t
     return rows, math.ceil(rows / micro_batch_size)
 
 
-def build_engine(module: torch.nn.Module, trainer, minibatch_size: int, world_size: int, dtype: torch.dtype):
-    """deepspeed.initialize with torch AdamW; returns the engine (module stays fp32 until DeepSpeed
-    casts it for bf16/fp16, which keeps fp32 master weights in the ZeRO optimizer)."""
-    import deepspeed
-
-    rows, micro_steps = micro_plan(minibatch_size, world_size, trainer.micro_batch_size)
-    optimizer = torch.optim.AdamW(optimizer_param_groups(module, trainer.weight_decay), lr=trainer.lr)
-    config = deepspeed_json(
-        trainer.deepspeed.zero_stage, min(trainer.micro_batch_size, rows), micro_steps, trainer.grad_clip, dtype,
-        world_size=world_size, offload_optimizer=trainer.deepspeed.offload_optimizer,
-    )
-    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
-    return engine
-
-
 # ------------------------------------------------------------------------------------------------
 # Batches
 # ------------------------------------------------------------------------------------------------
 
 
 def experience_to(exp: Experience, device: torch.device) -> Experience:
-    def move(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        return None if x is None else x.to(device)
-
-    return Experience(
-        sequences=sequences_to(exp.sequences, device),
-        old_logprobs=exp.old_logprobs.to(device),
-        ref_logprobs=exp.ref_logprobs.to(device),
-        advantages=exp.advantages.to(device),
-        returns=move(exp.returns),
-        values=move(exp.values),
-        scores=move(exp.scores),
-        info=exp.info,
-    )
+    """`exp` with its tensors on `device` (absent ones stay None; `info` is shared)."""
+    tensors = {name: v.to(device) for name, v in vars(exp).items() if isinstance(v, torch.Tensor)}
+    return replace(exp, sequences=sequences_to(exp.sequences, device), **tensors)
 
 
 def loss_count(mask: torch.Tensor, loss_agg: str) -> float:
@@ -223,8 +189,28 @@ class ZeroTrainer:
     micro_batch_size: int
     loss_agg: str
     shuffle: torch.Generator
-    flops: Optional[FlopsModel] = None  # the model's FLOPs per token (None: no TFLOP/s or MFU)
-    peak_flops: Optional[float] = None  # the device's peak FLOP/s at the training dtype (None: no MFU)
+    flops: FlopsModel  # the model's FLOPs per token
+    peak_flops: Optional[float]  # the device's peak FLOP/s at the training dtype (None: no MFU)
+
+    @classmethod
+    def build(cls, module: torch.nn.Module, trainer: Any, algo: Any, rank: int, world_size: int, device: torch.device,
+              dtype: torch.dtype, shuffle_seed: int) -> "ZeroTrainer":
+        """The role's fp32 `module` (dropout off) under deepspeed.initialize with torch AdamW, per its
+        TrainerConfig and AlgoConfig. DeepSpeed casts it for bf16/fp16 and keeps fp32 master weights in
+        the ZeRO optimizer. `shuffle_seed` must be the same on every rank."""
+        import deepspeed
+
+        disable_dropout(module)
+        flops = FlopsModel.of(module)  # before DeepSpeed partitions the parameters (ZeRO-3)
+        rows, micro_steps = micro_plan(algo.minibatch_size, world_size, trainer.micro_batch_size)
+        optimizer = torch.optim.AdamW(optimizer_param_groups(module, trainer.weight_decay), lr=trainer.lr)
+        config = deepspeed_json(
+            trainer.deepspeed.zero_stage, min(trainer.micro_batch_size, rows), micro_steps, trainer.grad_clip, dtype,
+            world_size=world_size, offload_optimizer=trainer.deepspeed.offload_optimizer,
+        )
+        engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+        return cls(engine, rank, world_size, device, algo.minibatch_size, trainer.micro_batch_size, algo.loss_agg,
+                   torch.Generator().manual_seed(shuffle_seed), flops, device_peak_flops(device, dtype))
 
     @property
     def module(self) -> torch.nn.Module:
@@ -240,8 +226,6 @@ class ZeroTrainer:
         synchronised at both ends, real tokens, model TFLOP/s per worker from karma_ray.rlhf.perf, and
         MFU where the device's peak is known, i.e. not on CPU).
         """
-        import torch.distributed as dist
-
         if len(experience) % self.minibatch_size:
             raise ValueError(
                 f"{len(experience)} sequences do not split into minibatches of {self.minibatch_size} "
@@ -266,8 +250,7 @@ class ZeroTrainer:
                     micro_cpu = part.select(index)
                     micro_tokens = int(micro_cpu.sequences.attention_mask.sum())
                     tokens += micro_tokens
-                    if self.flops is not None:
-                        flops += self.flops.train_flops(micro_tokens, micro_cpu.sequences.input_ids.shape[1])
+                    flops += self.flops.train_flops(micro_tokens, micro_cpu.sequences.input_ids.shape[1])
                     share = loss_share(micro_cpu.sequences.response_mask, whole_mask, self.loss_agg)  # on CPU: no sync
                     micro = experience_to(micro_cpu, self.device)
                     # The boundary triggers ZeRO's gradient reduction and the optimizer step.
@@ -289,11 +272,7 @@ class ZeroTrainer:
         grad_norms = [float(n) if n is not None else float("nan") for n in grad_norms]
         steps = len(grad_norms)
         names = sorted(sums)
-        totals = torch.stack([torch.as_tensor(sums[n], dtype=torch.float64).cpu() for n in names]) if names else None
-        if totals is not None and self.world_size > 1:
-            totals = totals.to(self.device)
-            dist.all_reduce(totals)
-        terms = {n: float(totals[i]) / steps for i, n in enumerate(names)} if totals is not None else {}
+        terms = {n: total / steps for n, total in zip(names, self._all_reduce([float(sums[n]) for n in names]))}
         update = UpdateStats(grad_norm=sum(grad_norms) / steps, lr=float(self.engine.optimizer.param_groups[0]["lr"]),
                              steps=steps, **self._speed(tokens, flops, seconds))
         return terms, update
@@ -302,63 +281,52 @@ class ZeroTrainer:
         """The update's speed over the whole group, the same on every rank: train_tokens (real tokens,
         all ranks and epochs), train_s (the slowest rank's seconds), train_tflops (model TFLOP/s per
         worker) and mfu (only where the device's peak is known)."""
+        all_tokens, all_flops = self._all_reduce([float(tokens), flops])
+        (seconds,) = self._all_reduce([seconds], "MAX")
+        out = {"train_tokens": all_tokens, "train_s": seconds}
+        if seconds > 0:
+            per_worker = all_flops / self.world_size
+            mfu = model_flops_utilization(per_worker, seconds, self.peak_flops)  # None: UpdateStats' default
+            out.update(train_tflops=per_worker / seconds / 1e12, mfu=mfu)
+        return out
+
+    def _all_reduce(self, values: list[float], op: str = "SUM") -> list[float]:
+        """`values` reduced over the role's ranks, in float64 (on the device: NCCL reduces GPU tensors only)."""
         import torch.distributed as dist
 
-        totals = torch.tensor([float(tokens), flops], dtype=torch.float64)
-        slowest = torch.tensor([seconds], dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64)
         if self.world_size > 1:
-            totals, slowest = totals.to(self.device), slowest.to(self.device)
-            dist.all_reduce(totals)
-            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-        all_tokens, all_flops = (float(x) for x in totals.cpu())
-        seconds = float(slowest.cpu()[0])
-        out = {"train_tokens": all_tokens, "train_s": seconds}
-        if self.flops is not None and seconds > 0:
-            per_worker = all_flops / self.world_size
-            out["train_tflops"] = per_worker / seconds / 1e12
-            mfu = model_flops_utilization(per_worker, seconds, self.peak_flops)
-            if mfu is not None:
-                out["mfu"] = mfu
-        return out
+            t = t.to(self.device)
+            dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+        return t.cpu().tolist()
 
     def _synchronize(self) -> None:
         """Wait for queued GPU work, so wall-clock seconds measure the work (no-op on CPU)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    # --------------------------------------------------------------------------------------------
-    # Full weights (ZeRO-3 gathers; every rank must iterate in step)
-    # --------------------------------------------------------------------------------------------
-
     def full_state(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(HF name, full CPU tensor) of every parameter and persistent buffer, as `state_dict` names
-        them; a tensor shared under two names (tied embeddings) is yielded once, under its first name.
-        Under ZeRO-3 each parameter is all-gathered, so EVERY rank must run this to the end."""
+        """`iter_full_state` of the module: under ZeRO-3 EVERY rank must run it to the end."""
         return iter_full_state(self.module, self.engine.zero_optimization_stage() == 3)
 
-    # --------------------------------------------------------------------------------------------
-    # Checkpoints
-    # --------------------------------------------------------------------------------------------
-
-    def save(self, path: str | os.PathLike, client_state: Optional[dict] = None) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """DeepSpeed checkpoint (module, optimizer and scheduler states, per-rank ZeRO shards) plus
         this rank's RNG states; all ranks call it with the same path."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.engine.save_checkpoint(str(path), tag=DS_TAG, client_state=client_state or {})
+        self.engine.save_checkpoint(str(path), tag=DS_TAG, client_state={})
         torch.save(rng_state(self.shuffle), path / RNG_FILE.format(rank=self.rank))
 
-    def load(self, path: str | os.PathLike) -> dict:
-        """Restore what `save` wrote (same world size); returns the client state."""
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore what `save` wrote (same world size)."""
         path = Path(path)
         rng_path = path / RNG_FILE.format(rank=self.rank)
         if not rng_path.exists():
             raise FileNotFoundError(f"{rng_path} missing: not a checkpoint of a role with rank {self.rank}")
-        load_path, client_state = self.engine.load_checkpoint(str(path), tag=DS_TAG)
+        load_path, _ = self.engine.load_checkpoint(str(path), tag=DS_TAG)
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {path / DS_TAG}")
         set_rng_state(torch.load(rng_path, weights_only=True), self.shuffle)
-        return client_state or {}
 
 
 def _grad_norm(module: torch.nn.Module) -> torch.Tensor:

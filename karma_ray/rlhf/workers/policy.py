@@ -24,16 +24,9 @@ import torch
 
 from karma_ray.algo import aggregate_loss, entropy_bonus, entropy_from_logits, kl_loss, ppo_policy_loss
 from karma_ray.rlhf.config import AlgoConfig, ModelConfig, TrainerConfig
-from karma_ray.rlhf.perf import FlopsModel, device_peak_flops
 from karma_ray.engines.weight_sync import iter_buckets
-from karma_ray.engines.forward import disable_dropout, resolve_device, resolve_dtype, row_chunks, select_rows, sequences_to, causal_lm_forward
-from karma_ray.rlhf.workers.distributed import (
-    ZeroTrainer,
-    build_engine,
-    init_distributed,
-    quiet_deepspeed,
-    seed_everything,
-)
+from karma_ray.engines.forward import batch_logprobs, causal_lm_forward, resolve_device, resolve_dtype
+from karma_ray.rlhf.workers.distributed import ZeroTrainer, init_distributed, seed_everything
 from karma_ray.types import Experience, PolicyStats, SequenceBatch, response_logprobs
 
 
@@ -53,58 +46,25 @@ class PolicyWorker:
     ) -> None:
         from karma_ray.models.hf import load_causal_lm
 
-        self.model_cfg, self.trainer_cfg, self.algo = model, trainer, algo
-        self.rank, self.world_size = rank, world_size
+        self.model_cfg, self.trainer_cfg, self.algo, self.rank = model, trainer, algo, rank
         self.device = resolve_device()
-        self.dtype = resolve_dtype(model.dtype, self.device)
+        dtype = resolve_dtype(model.dtype, self.device)
         init_distributed(rank, world_size, master_addr, master_port, self.device)
-        quiet_deepspeed()
         seed_everything(seed + rank)
         # fp32 weights in; DeepSpeed casts the module for bf16/fp16 and keeps fp32 master weights.
         module = load_causal_lm(model.policy, dtype="float32", trust_remote_code=model.trust_remote_code)
-        disable_dropout(module)
         if trainer.gradient_checkpointing:
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        flops = FlopsModel.of(module)  # before DeepSpeed partitions the parameters (ZeRO-3)
-        engine = build_engine(module, trainer, algo.minibatch_size, world_size, self.dtype)
-        self.trainer = ZeroTrainer(
-            engine=engine,
-            rank=rank,
-            world_size=world_size,
-            device=self.device,
-            minibatch_size=algo.minibatch_size,
-            micro_batch_size=trainer.micro_batch_size,
-            loss_agg=algo.loss_agg,
-            # Same seed on every rank: all ranks must cut the same minibatches.
-            shuffle=torch.Generator().manual_seed(seed),
-            flops=flops,
-            peak_flops=device_peak_flops(self.device, self.dtype),
-        )
+        # Same shuffle seed on every rank: all ranks must cut the same minibatches.
+        self.trainer = ZeroTrainer.build(module, trainer, algo, rank, world_size, self.device, dtype, seed)
 
-    def ready(self) -> bool:
-        return True
-
-    # --------------------------------------------------------------------------------------------
-    # Inference
-    # --------------------------------------------------------------------------------------------
-
-    @torch.no_grad()
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         """(B, R) logprobs of the response tokens (0 on padding), float32 on CPU.
 
         Every rank computes every row in the same micro-batches (required under ZeRO-3, where all
         ranks run each forward together); under ZeRO-2 a driver may call rank 0 alone."""
-        module = self.trainer.module
-        module.eval()
-        out = []
-        for index in row_chunks(len(batch), self.trainer_cfg.micro_batch_size):
-            micro = sequences_to(select_rows(batch, index), self.device)
-            out.append(response_logprobs(causal_lm_forward(module, micro), micro).float().cpu())
-        return torch.cat(out)
-
-    # --------------------------------------------------------------------------------------------
-    # Training
-    # --------------------------------------------------------------------------------------------
+        self.trainer.module.eval()
+        return batch_logprobs(self.trainer.module, batch, self.trainer_cfg.micro_batch_size, self.device)
 
     def train_step(self, experience: Experience, kl_coef: Optional[float] = None) -> PolicyStats:
         """algo.ppo_epochs passes of minibatches of algo.minibatch_size sequences (one optimizer step
@@ -132,12 +92,10 @@ class PolicyWorker:
             )
             metrics = {"policy_loss": loss.detach(), "clip_frac": stats.clip_frac, "approx_kl": stats.approx_kl}
             response_logits = logits[:, seq.prompt_len - 1 : -1]  # the logits that predict the response
-            if algo.entropy_coef > 0:
+            with torch.set_grad_enabled(algo.entropy_coef > 0):  # no graph for a metric-only entropy
                 entropy = entropy_from_logits(response_logits.float())
+            if algo.entropy_coef > 0:
                 loss = loss + entropy_bonus(entropy, mask, algo.entropy_coef, algo.loss_agg)
-            else:
-                with torch.no_grad():
-                    entropy = entropy_from_logits(response_logits.float())
             metrics["entropy"] = aggregate_loss(entropy.detach(), mask, algo.loss_agg)
             if kl_in_loss:
                 kl = kl_loss(logp, micro.ref_logprobs, mask, algo.kl_estimator, algo.loss_agg)
@@ -147,12 +105,7 @@ class PolicyWorker:
             return loss, metrics
 
         terms, update = self.trainer.train(experience, algo.ppo_epochs, micro_loss)
-        return PolicyStats(policy_loss=terms["policy_loss"], clip_frac=terms["clip_frac"], approx_kl=terms["approx_kl"],
-                           entropy=terms["entropy"], loss=terms["loss"], kl_loss=terms.get("kl_loss"), update=update)
-
-    # --------------------------------------------------------------------------------------------
-    # Weights out
-    # --------------------------------------------------------------------------------------------
+        return PolicyStats(**terms, update=update)  # the metrics are named as PolicyStats's fields
 
     def weight_buckets(self, bucket_mib: int) -> Iterator[dict[str, torch.Tensor]]:
         """Full (unsharded) CPU parameter tensors under their HF names, in buckets of about
@@ -179,10 +132,6 @@ class PolicyWorker:
         tok_source = self.model_cfg.tokenizer or self.model_cfg.policy
         load_tokenizer(tok_source, trust_remote_code=self.model_cfg.trust_remote_code).save_pretrained(out)
         return str(out)
-
-    # --------------------------------------------------------------------------------------------
-    # Checkpoints
-    # --------------------------------------------------------------------------------------------
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """DeepSpeed checkpoint (weights, optimizer, scheduler; ZeRO shards per rank) + RNG states.

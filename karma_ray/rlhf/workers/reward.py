@@ -21,11 +21,7 @@ from karma_ray.rlhf.rules import is_rule, make_rule
 
 
 class RewardWorker:
-    def __init__(self, path: str, name: Optional[str] = None, batch_size: int = 32, device: Optional[str] = None) -> None:
-        """`device` None: the GPU when the actor was given one (Ray sets CUDA_VISIBLE_DEVICES to its
-        GPUs, and to none when reward.gpus_per_actor is 0), else the CPU."""
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+    def __init__(self, path: str, name: Optional[str] = None, batch_size: int = 32) -> None:
         self.path = path
         self.name = name or (path if is_rule(path) else Path(path).name)
         self.batch_size = batch_size
@@ -37,7 +33,9 @@ class RewardWorker:
             from karma_ray.reward.scorer import RewardScorer
 
             self._rule = None
-            self._scorer = RewardScorer.from_pretrained(path, device=device)
+            # The GPU when the actor was given one (Ray sets CUDA_VISIBLE_DEVICES to its GPUs, and to
+            # none when reward.gpus_per_actor is 0), else the CPU.
+            self._scorer = RewardScorer.from_pretrained(path, device="cuda" if torch.cuda.is_available() else "cpu")
             self.variant = self._scorer.variant
 
     def ready(self) -> dict:
@@ -47,8 +45,6 @@ class RewardWorker:
         self, contexts: Sequence[str], responses: Sequence[str], metadata: Optional[Sequence[dict]] = None
     ) -> tuple[torch.Tensor, float]:
         """(B,) float32 scores and the seconds spent scoring."""
-        if len(contexts) != len(responses):
-            raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
         start = time.perf_counter()
         if self._rule is not None:
             values = [self._rule(c, r) for c, r in zip(contexts, responses)]
@@ -61,9 +57,4 @@ class RewardWorker:
 
 def combine_scores(scores: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """sum_k weight_k * score_k, each (B,) -> (B,)."""
-    if len(scores) != len(weights) or not scores:
-        raise ValueError(f"{len(scores)} score vectors for {len(weights)} weights")
-    total = torch.zeros_like(scores[0], dtype=torch.float32)
-    for s, w in zip(scores, weights):
-        total = total + float(w) * s.float()
-    return total
+    return sum(float(w) * s.float() for s, w in zip(scores, weights))
