@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from karma_ray.data.corpus import PreparedCorpus
@@ -63,13 +64,16 @@ def fit_specs(data: str | os.PathLike, cfg: RewardModelConfig) -> tuple[TargetSp
 
 
 def attach_side_metadata(batch: pa.Table, side_table: pa.Table) -> pa.Table:
-    """Pair rows + `chosen__<field>` / `rejected__<field>` metadata (a hash join on the example id).
+    """Pair rows, in their order, + `chosen__<field>` / `rejected__<field>` metadata (looked up by the example id).
 
     A pair whose side has no example row keeps null metadata (standardized to the training mean later).
+    Not `Table.join`: Arrow's hash join returns the rows in an order that varies with its threads, so
+    each rank's fixed shard of pairs (and the training loss) changed from run to run.
     """
     for side in ("chosen", "rejected"):
-        renamed = side_table.rename_columns([f"{side}_id" if c == "id" else f"{side}__{c}" for c in side_table.column_names])
-        batch = batch.join(renamed, keys=f"{side}_id", join_type="left outer")
+        rows = pc.index_in(batch[f"{side}_id"], value_set=side_table["id"])  # null: no example row
+        for c in [c for c in side_table.column_names if c != "id"]:
+            batch = batch.append_column(f"{side}__{c}", side_table[c].take(rows))
     return batch
 
 

@@ -98,3 +98,20 @@ def test_policy_reply_reaches_the_reward_model_as_the_corpus_reply_did():
     # what the driver did before: the raw decode keeps the separator, and rm_text adds another
     raw = tok.batch_decode(generated, skip_special_tokens=True)
     assert tok(rm_text(context, raw[0], "text")).input_ids != tok(rm_text(context, replies[0], "text")).input_ids
+
+
+def test_side_metadata_keeps_the_pairs_order():
+    """Each rank trains on a fixed slice of the pairs by position: attaching the sides' metadata must
+    keep their order (Arrow's hash join moved unmatched rows last and reordered others by thread)."""
+    import pyarrow as pa
+
+    from karma_ray.reward.data import attach_side_metadata
+
+    ids = [f"c{i}" for i in range(2000)]
+    pairs = pa.table({"chosen_id": ids, "rejected_id": ids[::-1]})
+    side = pa.table({"id": ids[::2], "hour": list(range(0, 2000, 2))})  # odd ids have no example row
+    out = attach_side_metadata(pairs, side)
+    assert out.column_names == ["chosen_id", "rejected_id", "chosen__hour", "rejected__hour"]
+    assert out["chosen_id"].to_pylist() == ids
+    assert out["chosen__hour"].to_pylist() == [i if i % 2 == 0 else None for i in range(2000)]
+    assert out["rejected__hour"].to_pylist() == [i if i % 2 == 0 else None for i in range(1999, -1, -1)]
