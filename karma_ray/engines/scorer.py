@@ -9,6 +9,7 @@ inference or tensor parallelism): not implemented.
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -51,6 +52,10 @@ class LogprobScorer:
         LEFT to `max_length` tokens, and the continuation's tokens are scored at the last positions.
         Inputs are batched longest first under `max_batch_tokens` padded tokens, LEFT-padded so every
         continuation ends at the last column and only those columns' logits are computed.
+
+        The tokens that every input starts with (a task's few-shot primer: ~85% of each TruthfulQA
+        input) are run once; each batch reads their keys and values from that cache and runs only
+        its rows' remaining tokens (`benchmarks/bench_shared_prefix.py` measures the gain).
         """
         out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         # Rows with the same model input share one forward: a one-token continuation's input is its
@@ -63,17 +68,28 @@ class LogprobScorer:
             inputs = (list(ctx) + list(cont))[-(max_length + 1):][:-1]
             groups.setdefault(tuple(inputs), []).append((i, list(cont)))
         rows = sorted(groups.items(), key=lambda g: len(g[0]), reverse=True)
+        # The shared prefix stops before any continuation's first scored position: those logits are
+        # computed in the batches.
+        P = max(0, min([shared_prefix_length([inputs for inputs, _ in rows])]
+                       + [len(inputs) - max(len(c) for _, c in members) for inputs, members in rows]))
+        prefix = self.module(input_ids=torch.tensor([rows[0][0][:P]], device=self.device), use_cache=True).past_key_values if P > 0 else None
         start = 0
         while start < len(rows):
-            width = len(rows[start][0])  # the longest input of the batch (rows are sorted)
+            width = len(rows[start][0]) - P  # the longest input of the batch (rows are sorted)
             size = max(1, min(self.micro_batch_size, max_batch_tokens // max(width, 1)))
             batch = rows[start:start + size]
             start += size
             K = max(len(c) for _, members in batch for _, c in members)
-            input_ids, attention_mask = left_pad([inputs for inputs, _ in batch], 0)  # (B, T)
-            positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            input_ids, attention_mask = left_pad([inputs[P:] for inputs, _ in batch], 0)  # (B, T - P)
+            positions = P + (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            cache = None
+            if prefix is not None:  # the forward appends to the cache it reads: each batch gets a copy
+                cache = copy.deepcopy(prefix)
+                cache.batch_repeat_interleave(len(batch))
+                attention_mask = torch.cat([torch.ones(len(batch), P, dtype=attention_mask.dtype), attention_mask], -1)  # (B, T)
             logits = self.module(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                                 position_ids=positions.to(self.device), use_cache=False, logits_to_keep=K).logits
+                                 position_ids=positions.to(self.device), past_key_values=cache, use_cache=cache is not None,
+                                 logits_to_keep=K).logits
             logprobs = torch.log_softmax(logits[:, -K:, :].float(), dim=-1).cpu()  # (B, K, V)
             argmax = logprobs.argmax(-1)  # (B, K)
             for b, (_, members) in enumerate(batch):
@@ -84,3 +100,12 @@ class LogprobScorer:
                     total = float(logprobs[b, steps, targets].sum())
                     out[i] = (total, bool((argmax[b, steps] == targets).all()))
         return out
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all `rows` have in common."""
+    shortest = min(rows, key=len, default=[])
+    for n, token in enumerate(shortest):
+        if any(r[n] != token for r in rows):
+            return n
+    return len(shortest)

@@ -61,6 +61,34 @@ def test_continuation_logprobs_match_a_plain_forward_per_pair(scorer):
         assert greedy == all(int(logprobs[p].argmax()) == t for p, t in zip(positions, cont))
 
 
+def test_a_prefix_shared_by_every_input_is_run_once_with_the_same_logprobs(scorer):
+    from karma_ray.engines.scorer import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[7], [8]]) == 0
+    module = scorer.module
+    primer = [9, 30, 31, 32, 33, 34, 35]  # a few-shot primer every request starts with
+    pairs = [(primer + [40, 41], [42, 43]), (primer + [40, 41], [44]), (primer + [50], [51, 52, 53]),
+             (primer, [60]), (primer + [70, 71, 72, 73], [74])]
+    calls = []
+    forward = module.forward
+    module.forward = lambda *a, **kw: calls.append(kw["input_ids"].shape) or forward(*a, **kw)
+    try:
+        got = scorer.continuation_logprobs(pairs, max_length=64, max_batch_tokens=8)  # several batches
+    finally:
+        del module.forward
+    # one forward of the primer but its last token (whose logits score the request (primer, [60]));
+    # each batch then runs only its rows' remaining tokens
+    assert calls[0] == (1, 6) and all(shape[1] <= 6 for shape in calls[1:]) and len(calls) > 2
+    for (ctx, cont), (ll, greedy) in zip(pairs, got):
+        with torch.no_grad():
+            logprobs = torch.log_softmax(module(input_ids=torch.tensor([ctx + cont])).logits[0].float(), -1)
+        positions = range(len(ctx) - 1, len(ctx) + len(cont) - 1)
+        assert ll == pytest.approx(sum(float(logprobs[p, t]) for p, t in zip(positions, cont)), abs=1e-4)
+        assert greedy == all(int(logprobs[p].argmax()) == t for p, t in zip(positions, cont))
+
+
 def test_a_greedy_continuation_is_reported_greedy_and_long_contexts_lose_their_start(scorer):
     module = scorer.module
     ctx = [7, 8, 9]
