@@ -18,9 +18,10 @@ from safetensors.torch import load_file
 from karma_ray.models.hf import load_tokenizer
 from karma_ray.models.tiny import save_tiny_llama, train_bpe_tokenizer
 from karma_ray.engines.config import RolloutConfig
-from karma_ray.engines.weight_sync import CheckpointWeightSource, WeightSyncError, checkpoint_tensor_index, sync_weights
+from karma_ray.engines.weight_sync import WeightSyncError, checkpoint_tensor_index, sync_weights
 from karma_ray.engines.rollout import HFRollout, VLLMRollout
 from karma_ray.types import SamplingSettings
+from tests.weight_source import CheckpointWeightSource
 
 pytestmark = pytest.mark.ray
 

@@ -8,9 +8,10 @@ import pytest
 
 from karma_ray.models.tiny import save_tiny_llama, train_bpe_tokenizer
 from karma_ray.engines.config import RolloutConfig
-from karma_ray.engines.weight_sync import CheckpointWeightSource, checkpoint_tensor_index, sync_weights
+from karma_ray.engines.weight_sync import checkpoint_tensor_index, sync_weights
 from karma_ray.engines.rollout import VLLMRollout
 from karma_ray.types import SamplingSettings
+from tests.weight_source import CheckpointWeightSource
 
 pytestmark = pytest.mark.ray
 

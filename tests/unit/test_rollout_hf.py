@@ -6,9 +6,10 @@ import torch
 
 from karma_ray.models.tiny import save_tiny_llama, train_bpe_tokenizer
 from karma_ray.engines.config import RolloutConfig
-from karma_ray.engines.weight_sync import CheckpointWeightSource, WeightSyncError
+from karma_ray.engines.weight_sync import WeightSyncError
 from karma_ray.engines.rollout import HFRollout
 from karma_ray.types import SamplingSettings
+from tests.weight_source import CheckpointWeightSource
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
