@@ -23,6 +23,19 @@ _WORKER_ENV_DEFAULTS = {
 }
 
 
+def pin_cluster_address() -> None:
+    """Every worker's setup hook (`init_ray`): RAY_ADDRESS names the worker's own cluster.
+
+    Ray's State API, called with no address (Ray Train's PlacementGroupCleaner does, to learn whether
+    a trial's controller is still alive), otherwise looks for the cluster among those running on the
+    machine and fails when it finds several, e.g. `make test` beside `make demo`. The worker placement
+    group of a trial that ASHA stopped then stayed reserved, and the next run waited for its CPUs
+    forever (tests/integration/test_reward_sweep.py)."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
 def session_log_dir() -> Path:
     """The connected Ray session's log folder (workers' stdout/stderr live there)."""
     try:  # no public API names the session folder; this is what `ray.init` prints from
@@ -44,7 +57,8 @@ def init_ray(cfg: RayConfig) -> None:
         return
     env_vars = {k: os.environ.get(k, v) for k, v in _WORKER_ENV_DEFAULTS.items()}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": cfg.log_to_driver}
+    kwargs: dict = {"runtime_env": {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.pin_cluster_address"},
+                    "log_to_driver": cfg.log_to_driver}
     if address:
         ray.init(address=address, **kwargs)
     else:

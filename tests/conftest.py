@@ -27,10 +27,12 @@ def need_shared(path: Path) -> Path:
 def ray_cluster():
     """A local 2-CPU Ray cluster shared by all tests that ask for it."""
     ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        # The dashboard (loopback) serves the State API that Ray Train V2's PlacementGroupCleaner
-        # needs to free the placement group of a Tune trial stopped by ASHA (see reward/sweep.py).
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=512 * 2**20, log_to_driver=False)
+    from karma_ray.config import RayConfig
+    from karma_ray.ray_utils import init_ray
+
+    # The dashboard (loopback) serves the State API that Ray Train V2's PlacementGroupCleaner
+    # needs to free the placement group of a Tune trial stopped by ASHA (see reward/sweep.py).
+    init_ray(RayConfig(num_cpus=2, include_dashboard=True, object_store_memory_gb=0.5, log_to_driver=False))
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
