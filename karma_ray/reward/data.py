@@ -32,6 +32,8 @@ def needs_pairs(cfg: RewardModelConfig) -> bool:
 
 def split_dir(data: str | os.PathLike, kind: str, split: str) -> Path:
     """PREPARED/<kind>/split=<split> for kind "examples" or "pairs" (the layout is PreparedCorpus's)."""
+    if kind not in ("examples", "pairs"):
+        raise ValueError(f"unknown kind {kind!r} (examples or pairs)")
     corpus = PreparedCorpus(Path(data))
     return corpus.examples_dir(split) if kind == "examples" else corpus.pairs_dir(split)
 
