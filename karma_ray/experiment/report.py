@@ -207,12 +207,23 @@ def _delta(results: dict, cell: str, task: str, metric: str) -> dict | None:
     return None
 
 
+def _variant_shapes(cells: Sequence[dict]) -> dict[str, str]:
+    """A marker per reward variant, squares for the controls: cells that share a point stay told apart
+    by the legend, where labels beside the points would print over each other."""
+    shapes, free = {}, iter(["o", "^", "v", "D", "P", "X", "*", "h"])
+    for c in cells:
+        if c["variant"] not in shapes:
+            shapes[c["variant"]] = "s" if c["variant"] in CONTROLS else next(free, "o")
+    return shapes
+
+
 def plot_headline(results: dict, path: Path) -> Path | None:
     """x: the reward model's karma accuracy (test pairwise accuracy); y: its policy's change against the base."""
     metrics = headline_metrics(results)
     cells = [c for c in results["cells"] if c["cell"] in results["downstream"] and c["rm_pairwise_accuracy"] is not None]
     if not metrics or not cells:
         return None
+    shapes = _variant_shapes(cells)
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig = _figure(4.2 * cols, 3.3 * rows)
@@ -225,9 +236,9 @@ def plot_headline(results: dict, path: Path) -> Path | None:
             x = c["rm_pairwise_accuracy"]
             lo, hi = d["ci_low"], d["ci_high"]
             yerr = [[d["delta"] - lo], [hi - d["delta"]]] if lo is not None and hi is not None else None
-            ax.errorbar([x], [d["delta"]], yerr=yerr, fmt="o" if c["variant"] not in CONTROLS else "s",
-                        color=CONDITION_COLORS.get(c["condition"], "#555"), capsize=3, alpha=0.85)
-            ax.annotate(c["variant"], (x, d["delta"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            color = CONDITION_COLORS.get(c["condition"], "#555")
+            ax.errorbar([x], [d["delta"]], yerr=yerr, fmt=shapes[c["variant"]], color=color,
+                        mfc=color if c["seed"] == 0 else "white", capsize=3, alpha=0.85)
         ax.axhline(0, color="#999", lw=0.8)
         arrow = {True: " ↑", False: " ↓"}.get(results["higher_is_better"].get(f"{task}/{metric}"), "")
         ax.set_title(f"{task} {metric}{arrow}", fontsize=9)
@@ -238,9 +249,10 @@ def plot_headline(results: dict, path: Path) -> Path | None:
         ax.set_visible(False)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=col, marker="o", ls="", label=cond)
-               for cond, col in CONDITION_COLORS.items()]
-    fig.legend(handles=handles, loc="outside upper right", fontsize=8, title="condition (■ control)")
+    handles = [Line2D([], [], color=col, marker="o", ls="", label=cond) for cond, col in CONDITION_COLORS.items()]
+    handles += [Line2D([], [], color="#444", marker=m, ls="", label=v) for v, m in shapes.items()]
+    handles.append(Line2D([], [], color="#444", marker="o", mfc="white", ls="", label="seed > 0"))
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7, title="condition, reward", title_fontsize=7)
     fig.suptitle("Does the better karma predictor give the better policy?", fontsize=11)
     fig.savefig(path)
     return path
@@ -292,12 +304,15 @@ def plot_gold(results: dict, path: Path) -> Path | None:
             pts.append((c, r, g))
     if not pts:
         return None
-    fig = _figure(5.5, 4.2)
+    fig = _figure(7.5, 4.2)
     ax = fig.add_subplot()
+    # Marker = reward variant, colour = condition, hollow = seed > 0; each cell named in the legend.
+    shapes = _variant_shapes([c for c, _, _ in pts])
     for c, r, g in pts:
-        ax.errorbar([r["delta"]], [g["delta"]], xerr=_err(r), yerr=_err(g), fmt="o",
-                    color=CONDITION_COLORS.get(c["condition"], "#555"), capsize=3, alpha=0.85)
-        ax.annotate(c["cell"], (r["delta"], g["delta"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        color = CONDITION_COLORS.get(c["condition"], "#555")
+        ax.errorbar([r["delta"]], [g["delta"]], xerr=_err(r), yerr=_err(g), fmt=shapes[c["variant"]], color=color,
+                    mfc=color if c["seed"] == 0 else "white", capsize=3, alpha=0.85, label=c["cell"])
+    fig.legend(loc="outside right upper", fontsize=7, title="cell", title_fontsize=7)
     ax.axhline(0, color="#999", lw=0.8)
     ax.axvline(0, color="#999", lw=0.8)
     ax.set_xlabel("Δ proxy reward (judge RM) vs base")
