@@ -297,27 +297,35 @@ def plot_training(results: dict, path: Path) -> Path | None:
 
 def plot_gold(results: dict, path: Path) -> Path | None:
     """Proxy (the judge RM's reward) against gold text quality, both as deltas against the base."""
+    return _cell_scatter(results, path, ("karma", "reward"), ("karma", "gold_quality"),
+                         "Δ proxy reward (judge RM) vs base", "Δ gold text quality vs base",
+                         "Reward hacking shows as proxy up, gold flat or down")
+
+
+def _cell_scatter(results: dict, path: Path, x: tuple[str, str], y: tuple[str, str],
+                  xlabel: str, ylabel: str, title: str) -> Path | None:
+    """One point per cell: its two deltas against the base with both 95% CIs (both are estimates).
+    Marker = reward variant, colour = condition, hollow = seed > 0; each cell named in the legend."""
     pts = []
     for c in results["cells"]:
-        r, g = _delta(results, c["cell"], "karma", "reward"), _delta(results, c["cell"], "karma", "gold_quality")
-        if r and g and r["delta"] is not None and g["delta"] is not None:
-            pts.append((c, r, g))
+        dx, dy = _delta(results, c["cell"], *x), _delta(results, c["cell"], *y)
+        if dx and dy and dx["delta"] is not None and dy["delta"] is not None:
+            pts.append((c, dx, dy))
     if not pts:
         return None
     fig = _figure(7.5, 4.2)
     ax = fig.add_subplot()
-    # Marker = reward variant, colour = condition, hollow = seed > 0; each cell named in the legend.
     shapes = _variant_shapes([c for c, _, _ in pts])
-    for c, r, g in pts:
+    for c, dx, dy in pts:
         color = CONDITION_COLORS.get(c["condition"], "#555")
-        ax.errorbar([r["delta"]], [g["delta"]], xerr=_err(r), yerr=_err(g), fmt=shapes[c["variant"]], color=color,
+        ax.errorbar([dx["delta"]], [dy["delta"]], xerr=_err(dx), yerr=_err(dy), fmt=shapes[c["variant"]], color=color,
                     mfc=color if c["seed"] == 0 else "white", capsize=3, alpha=0.85, label=c["cell"])
     fig.legend(loc="outside right upper", fontsize=7, title="cell", title_fontsize=7)
     ax.axhline(0, color="#999", lw=0.8)
     ax.axvline(0, color="#999", lw=0.8)
-    ax.set_xlabel("Δ proxy reward (judge RM) vs base")
-    ax.set_ylabel("Δ gold text quality vs base")
-    ax.set_title("Reward hacking shows as proxy up, gold flat or down", fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     fig.savefig(path)
     return path
 
@@ -329,26 +337,9 @@ def _err(d: dict) -> list[list[float]]:
 
 
 def plot_length(results: dict, path: Path) -> Path | None:
-    pts = []
-    for c in results["cells"]:
-        ln, r = _delta(results, c["cell"], "karma", "length"), _delta(results, c["cell"], "karma", "reward")
-        if ln and r and ln["delta"] is not None and r["delta"] is not None:
-            pts.append((c, ln, r))
-    if not pts:
-        return None
-    fig = _figure(5.5, 4.2)
-    ax = fig.add_subplot()
-    for c, ln, r in pts:  # 95% CI bars both ways: the length and the reward change are both estimates
-        ax.errorbar([ln["delta"]], [r["delta"]], xerr=_err(ln), yerr=_err(r), fmt="o", capsize=3,
-                    color=CONDITION_COLORS.get(c["condition"], "#555"))
-        ax.annotate(c["cell"], (ln["delta"], r["delta"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.axhline(0, color="#999", lw=0.8)
-    ax.axvline(0, color="#999", lw=0.8)
-    ax.set_xlabel("Δ reply length (tokens) vs base")
-    ax.set_ylabel("Δ judge reward vs base")
-    ax.set_title("Length bias: does reward follow length?", fontsize=10)
-    fig.savefig(path)
-    return path
+    """Reply length against the judge's reward, both as deltas against the base."""
+    return _cell_scatter(results, path, ("karma", "length"), ("karma", "reward"), "Δ reply length (tokens) vs base",
+                         "Δ judge reward vs base", "Length bias: does reward follow length?")
 
 
 # -- tables ------------------------------------------------------------------------------------------------
