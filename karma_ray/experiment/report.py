@@ -223,7 +223,7 @@ def plot_headline(results: dict, path: Path) -> Path | None:
     cells = [c for c in results["cells"] if c["cell"] in results["downstream"] and c["rm_pairwise_accuracy"] is not None]
     if not metrics or not cells:
         return None
-    shapes = _variant_shapes(cells)
+    shapes, first_seed = _variant_shapes(cells), min(c["seed"] for c in cells)
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig = _figure(4.2 * cols, 3.3 * rows)
@@ -238,7 +238,7 @@ def plot_headline(results: dict, path: Path) -> Path | None:
             yerr = [[d["delta"] - lo], [hi - d["delta"]]] if lo is not None and hi is not None else None
             color = CONDITION_COLORS.get(c["condition"], "#555")
             ax.errorbar([x], [d["delta"]], yerr=yerr, fmt=shapes[c["variant"]], color=color,
-                        mfc=color if c["seed"] == 0 else "white", capsize=3, alpha=0.85)
+                        mfc=color if c["seed"] == first_seed else "white", capsize=3, alpha=0.85)
         ax.axhline(0, color="#999", lw=0.8)
         arrow = {True: " ↑", False: " ↓"}.get(results["higher_is_better"].get(f"{task}/{metric}"), "")
         ax.set_title(f"{task} {metric}{arrow}", fontsize=9)
@@ -251,7 +251,7 @@ def plot_headline(results: dict, path: Path) -> Path | None:
 
     handles = [Line2D([], [], color=col, marker="o", ls="", label=cond) for cond, col in CONDITION_COLORS.items()]
     handles += [Line2D([], [], color="#444", marker=m, ls="", label=v) for v, m in shapes.items()]
-    handles.append(Line2D([], [], color="#444", marker="o", mfc="white", ls="", label="seed > 0"))
+    handles.append(Line2D([], [], color="#444", marker="o", mfc="white", ls="", label="a later seed"))
     fig.legend(handles=handles, loc="outside right upper", fontsize=7, title="condition, reward", title_fontsize=7)
     fig.suptitle("Does the better karma predictor give the better policy?", fontsize=11)
     fig.savefig(path)
@@ -305,7 +305,7 @@ def plot_gold(results: dict, path: Path) -> Path | None:
 def _cell_scatter(results: dict, path: Path, x: tuple[str, str], y: tuple[str, str],
                   xlabel: str, ylabel: str, title: str) -> Path | None:
     """One point per cell: its two deltas against the base with both 95% CIs (both are estimates).
-    Marker = reward variant, colour = condition, hollow = seed > 0; each cell named in the legend."""
+    Marker = reward variant, colour = condition, hollow = a later seed; each cell named in the legend."""
     pts = []
     for c in results["cells"]:
         dx, dy = _delta(results, c["cell"], *x), _delta(results, c["cell"], *y)
@@ -315,11 +315,11 @@ def _cell_scatter(results: dict, path: Path, x: tuple[str, str], y: tuple[str, s
         return None
     fig = _figure(7.5, 4.2)
     ax = fig.add_subplot()
-    shapes = _variant_shapes([c for c, _, _ in pts])
+    shapes, first_seed = _variant_shapes([c for c, _, _ in pts]), min(c["seed"] for c, _, _ in pts)
     for c, dx, dy in pts:
         color = CONDITION_COLORS.get(c["condition"], "#555")
         ax.errorbar([dx["delta"]], [dy["delta"]], xerr=_err(dx), yerr=_err(dy), fmt=shapes[c["variant"]], color=color,
-                    mfc=color if c["seed"] == 0 else "white", capsize=3, alpha=0.85, label=c["cell"])
+                    mfc=color if c["seed"] == first_seed else "white", capsize=3, alpha=0.85, label=c["cell"])
     fig.legend(loc="outside right upper", fontsize=7, title="cell", title_fontsize=7)
     ax.axhline(0, color="#999", lw=0.8)
     ax.axvline(0, color="#999", lw=0.8)
