@@ -249,9 +249,12 @@ def plot_headline(results: dict, path: Path) -> Path | None:
         ax.set_visible(False)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=col, marker="o", ls="", label=cond) for cond, col in CONDITION_COLORS.items()]
+    conditions = {c["condition"] for c in cells}   # the legend names only what the plot shows
+    handles = [Line2D([], [], color=col, marker="o", ls="", label=cond) for cond, col in CONDITION_COLORS.items()
+               if cond in conditions]
     handles += [Line2D([], [], color="#444", marker=m, ls="", label=v) for v, m in shapes.items()]
-    handles.append(Line2D([], [], color="#444", marker="o", mfc="white", ls="", label="a later seed"))
+    if any(c["seed"] != first_seed for c in cells):
+        handles.append(Line2D([], [], color="#444", marker="o", mfc="white", ls="", label="a later seed"))
     fig.legend(handles=handles, loc="outside right upper", fontsize=7, title="condition, reward", title_fontsize=7)
     fig.suptitle("Does the better karma predictor give the better policy?", fontsize=11)
     fig.savefig(path)
