@@ -17,12 +17,10 @@ from pathlib import Path
 
 from karma_ray.experiment.report import findings, tables
 
+# What says where and how long a run took, not what it computed: top-level sections of results.json,
+# keys at any depth (Ray node ids, folders under each run's output), and report tables and columns.
 IGNORED = {"output", "eval_report", "stages", "wall_s", "lineage", "karma_experiment"}
-# Values that name where a run happened, not what it computed: Ray node ids and folders under each run's output.
 WHERE_KEYS = {"node", "role_nodes", "wall_s", "output", "path"}
-
-
-# Tables and columns that say where and how long, not what was computed.
 WHERE_TABLES = {"Stages"}
 WHERE_COLUMNS = {"node", "retries"}
 
@@ -69,7 +67,7 @@ def largest_differences(a: dict, b: dict) -> dict[str, tuple[float, str]]:
                 d = 0.0 if (math.isnan(x) and math.isnan(y)) else abs(x - y)
             else:
                 d = 0.0 if x == y else math.inf
-            if d > worst or (d == worst and not where and d > 0):
+            if d > worst:
                 worst, where = d, key
         out[section] = (worst, where)
     return out

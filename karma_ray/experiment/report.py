@@ -217,6 +217,13 @@ def _variant_shapes(cells: Sequence[dict]) -> dict[str, str]:
     return shapes
 
 
+def _point_style(cell: dict, shapes: dict[str, str], first_seed: int) -> dict:
+    """errorbar keywords for a cell's point: marker = reward variant, colour = condition, hollow = a later seed."""
+    color = CONDITION_COLORS.get(cell["condition"], "#555")
+    return {"fmt": shapes[cell["variant"]], "color": color, "mfc": color if cell["seed"] == first_seed else "white",
+            "capsize": 3, "alpha": 0.85}
+
+
 def plot_headline(results: dict, path: Path) -> Path | None:
     """x: the reward model's karma accuracy (test pairwise accuracy); y: its policy's change against the base."""
     metrics = headline_metrics(results)
@@ -236,9 +243,7 @@ def plot_headline(results: dict, path: Path) -> Path | None:
             x = c["rm_pairwise_accuracy"]
             lo, hi = d["ci_low"], d["ci_high"]
             yerr = [[d["delta"] - lo], [hi - d["delta"]]] if lo is not None and hi is not None else None
-            color = CONDITION_COLORS.get(c["condition"], "#555")
-            ax.errorbar([x], [d["delta"]], yerr=yerr, fmt=shapes[c["variant"]], color=color,
-                        mfc=color if c["seed"] == first_seed else "white", capsize=3, alpha=0.85)
+            ax.errorbar([x], [d["delta"]], yerr=yerr, **_point_style(c, shapes, first_seed))
         ax.axhline(0, color="#999", lw=0.8)
         arrow = {True: " ↑", False: " ↓"}.get(results["higher_is_better"].get(f"{task}/{metric}"), "")
         ax.set_title(f"{task} {metric}{arrow}", fontsize=9)
@@ -307,8 +312,8 @@ def plot_gold(results: dict, path: Path) -> Path | None:
 
 def _cell_scatter(results: dict, path: Path, x: tuple[str, str], y: tuple[str, str],
                   xlabel: str, ylabel: str, title: str) -> Path | None:
-    """One point per cell: its two deltas against the base with both 95% CIs (both are estimates).
-    Marker = reward variant, colour = condition, hollow = a later seed; each cell named in the legend."""
+    """One point per cell: its two deltas against the base with both 95% CIs (both are estimates), each
+    cell named in the legend."""
     pts = []
     for c in results["cells"]:
         dx, dy = _delta(results, c["cell"], *x), _delta(results, c["cell"], *y)
@@ -320,9 +325,8 @@ def _cell_scatter(results: dict, path: Path, x: tuple[str, str], y: tuple[str, s
     ax = fig.add_subplot()
     shapes, first_seed = _variant_shapes([c for c, _, _ in pts]), min(c["seed"] for c, _, _ in pts)
     for c, dx, dy in pts:
-        color = CONDITION_COLORS.get(c["condition"], "#555")
-        ax.errorbar([dx["delta"]], [dy["delta"]], xerr=_err(dx), yerr=_err(dy), fmt=shapes[c["variant"]], color=color,
-                    mfc=color if c["seed"] == first_seed else "white", capsize=3, alpha=0.85, label=c["cell"])
+        ax.errorbar([dx["delta"]], [dy["delta"]], xerr=_err(dx), yerr=_err(dy), label=c["cell"],
+                    **_point_style(c, shapes, first_seed))
     fig.legend(loc="outside right upper", fontsize=7, title="cell", title_fontsize=7)
     ax.axhline(0, color="#999", lw=0.8)
     ax.axvline(0, color="#999", lw=0.8)
